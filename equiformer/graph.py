@@ -1,0 +1,212 @@
+"""Neighbour search and edge lists: k nearest neighbours within a radius, adjacency, hop counts.
+
+Everything here returns edge lists (``dst`` receives from ``src``); no ``n x n`` feature tensor is
+ever made.  The nearest-neighbour search works on row chunks, so its memory is
+O(chunk * n) rather than O(n^2); adjacency is turned into an edge list once and stays sparse.
+Selection is discrete and carries no gradient: distances are recomputed with autograd later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+INF = float("inf")
+
+
+@dataclass
+class Graph:
+    """Directed edges over padded-flat node ids ``b * n + i``.
+
+    ``hop``: adjacency hop distance of each edge (1 = bonded, up to ``max_hops``; 0 = found by
+    distance only), or ``None`` when no adjacency was given.  ``by_distance``: edges selected by
+    the neighbour search, which fade out smoothly at ``valid_radius``; adjacency edges do not.
+    """
+
+    dst: Tensor
+    src: Tensor
+    hop: Tensor | None
+    by_distance: Tensor
+
+    @property
+    def num_edges(self) -> int:
+        return self.dst.numel()
+
+
+def _pair_key(dst: Tensor, src: Tensor, size: int) -> Tensor:
+    return dst * size + src
+
+
+def adjacency_pairs(adj_mat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``adj_mat[b, i, j]`` true: ``j`` is a neighbour of ``i``.  Self loops and padding dropped."""
+    b, n = mask.shape
+    valid = adj_mat.bool() & mask[:, :, None] & mask[:, None, :]
+    valid = valid & ~torch.eye(n, dtype=torch.bool, device=mask.device)
+    bi, i, j = valid.nonzero(as_tuple=True)
+    return bi * n + i, bi * n + j
+
+
+def _compose(dst: Tensor, src: Tensor, adj_dst: Tensor, adj_src: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Pairs ``(i, j)`` with ``i -> m`` in the first list and ``m -> j`` in the adjacency.
+
+    A sparse join: adjacency sorted by its receiver, each pair expanded by the degree of ``m``.
+    """
+    counts = torch.bincount(adj_dst, minlength=size)
+    starts = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(adj_dst, stable=True)
+    fan = counts[src]  # (P,) how many continuations each pair has
+    pair = torch.repeat_interleave(torch.arange(dst.numel(), device=dst.device), fan)
+    offset = torch.arange(pair.numel(), device=dst.device) - torch.repeat_interleave(torch.cumsum(fan, 0) - fan, fan)
+    nxt = order[starts[src[pair]] + offset]
+    return dst[pair], adj_src[nxt]
+
+
+def expand_hops(dst: Tensor, src: Tensor, size: int, max_hops: int) -> tuple[Tensor, Tensor, Tensor]:
+    """All pairs within ``max_hops`` steps of the adjacency, with their shortest hop count.
+
+    Direct bonds stay hop 1; the frontier of hop ``k`` is the new pairs of ``frontier_{k-1} A``.
+    """
+    hop = torch.ones_like(dst)
+    keys = torch.unique(_pair_key(dst, src, size))
+    all_dst, all_src, all_hop = [dst], [src], [hop]
+    front_dst, front_src = dst, src
+    for k in range(2, max_hops + 1):
+        if front_dst.numel() == 0:
+            break
+        d, s = _compose(front_dst, front_src, dst, src, size)
+        new_keys = torch.unique(_pair_key(d, s, size))
+        new_keys = new_keys[~torch.isin(new_keys, keys) & (new_keys // size != new_keys % size)]
+        front_dst, front_src = new_keys // size, new_keys % size
+        all_dst.append(front_dst)
+        all_src.append(front_src)
+        all_hop.append(torch.full_like(front_dst, k))
+        keys = torch.cat([keys, new_keys])
+    return torch.cat(all_dst), torch.cat(all_src), torch.cat(all_hop)
+
+
+def cap_neighbors(dst: Tensor, hop: Tensor, cap: float) -> Tensor:
+    """Boolean keep-mask allowing at most ``cap`` edges per receiver.
+
+    Lower hop counts go first (direct bonds before 2-hop pairs); ties are broken at random with
+    torch's global generator, so the choice is reproducible under ``torch.manual_seed``.
+    """
+    keep = torch.ones_like(dst, dtype=torch.bool)
+    if cap == INF or dst.numel() == 0:
+        return keep
+    counts = torch.bincount(dst)
+    if counts.max() <= cap:
+        return keep
+    priority = hop.to(torch.float64) + torch.rand(dst.shape, dtype=torch.float64, device=dst.device)
+    order = torch.argsort(priority)
+    order = order[torch.argsort(dst[order], stable=True)]  # grouped by receiver, best first
+    sorted_dst = dst[order]
+    group_start = torch.searchsorted(sorted_dst, sorted_dst, side="left")
+    rank = torch.arange(dst.numel(), device=dst.device) - group_start
+    keep[order] = rank < cap
+    return keep
+
+
+def knn_edges(
+    pos: Tensor,
+    mask: Tensor,
+    num_neighbors: float,
+    valid_radius: float,
+    exclude: tuple[Tensor, Tensor] | None = None,
+    chunk_elements: int = 1 << 23,
+) -> tuple[Tensor, Tensor]:
+    """Up to ``num_neighbors`` nearest other real nodes within ``valid_radius`` (inclusive).
+
+    ``pos``: ``(B, n, 3)``; ``mask``: ``(B, n)``; ``exclude``: padded-flat ``(dst, src)`` pairs that
+    must not be picked (they are already neighbours through the adjacency).  Rows are processed in
+    chunks of ``chunk_elements / (B n)`` so memory stays linear in ``n`` for fixed ``k``.
+    """
+    b, n, _ = pos.shape
+    device = pos.device
+    pos = pos.detach()
+    rows = max(1, chunk_elements // max(1, b * n))
+    if exclude is not None and exclude[0].numel():
+        ex_b, ex_i, ex_j = exclude[0] // n, exclude[0] % n, exclude[1] % n
+        order = torch.argsort(ex_i, stable=True)
+        ex_b, ex_i, ex_j = ex_b[order], ex_i[order], ex_j[order]
+    else:
+        ex_i = None
+    out_dst, out_src = [], []
+    arange_n = torch.arange(n, device=device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        dist = torch.cdist(pos[:, start:stop], pos, compute_mode="donot_use_mm_for_euclid_dist")  # (B, s, n)
+        invalid = ~(mask[:, start:stop, None] & mask[:, None, :])
+        invalid |= (arange_n[start:stop, None] == arange_n[None, :])[None]
+        dist = dist.masked_fill(invalid, INF)
+        if ex_i is not None:
+            lo, hi = torch.searchsorted(ex_i, torch.tensor([start, stop], device=device)).tolist()
+            dist[ex_b[lo:hi], ex_i[lo:hi] - start, ex_j[lo:hi]] = INF
+        if num_neighbors == INF or num_neighbors >= n - 1:
+            bi, i, j = (torch.isfinite(dist) & (dist <= valid_radius)).nonzero(as_tuple=True)
+        else:
+            values, j_idx = dist.topk(int(num_neighbors), dim=-1, largest=False)  # (B, s, k)
+            bi, i, slot = (torch.isfinite(values) & (values <= valid_radius)).nonzero(as_tuple=True)
+            j = j_idx[bi, i, slot]
+        out_dst.append(bi * n + i + start)
+        out_src.append(bi * n + j)
+    return torch.cat(out_dst), torch.cat(out_src)
+
+
+def _lookup_hops(dst: Tensor, src: Tensor, keys: Tensor, hops: Tensor, size: int) -> Tensor:
+    """Hop count of each edge from sorted adjacency ``keys``; 0 where the pair is not adjacent."""
+    if keys.numel() == 0:
+        return torch.zeros_like(dst)
+    query = _pair_key(dst, src, size)
+    pos = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
+    return torch.where(keys[pos] == query, hops[pos], torch.zeros_like(dst))
+
+
+def build_graph(
+    pos: Tensor,
+    mask: Tensor,
+    num_neighbors: float = INF,
+    valid_radius: float = INF,
+    adj_mat: Tensor | None = None,
+    max_hops: int | None = None,
+    max_sparse_neighbors: float = INF,
+    adjacency_edges: bool = True,
+) -> Graph:
+    """Edges of a padded batch: adjacency pairs (within ``max_hops``, capped) plus nearest
+    neighbours by distance; every edge is labelled with its hop count when ``adj_mat`` is given.
+
+    ``adjacency_edges=False`` uses the adjacency only to label the distance-selected edges.
+    ``num_neighbors = 0`` with adjacency edges gives the adjacency alone.
+    """
+    b, n, _ = pos.shape
+    size = b * n
+    device = pos.device
+    dst_parts, src_parts, by_distance = [], [], []
+    exclude = None
+    keys = hops = None
+    if adj_mat is not None:
+        adj_dst, adj_src = adjacency_pairs(adj_mat, mask)
+        adj_dst, adj_src, adj_hop = expand_hops(adj_dst, adj_src, size, max_hops or 1)
+        keys, order = torch.sort(_pair_key(adj_dst, adj_src, size))
+        hops = adj_hop[order]
+        if adjacency_edges:
+            keep = cap_neighbors(adj_dst, adj_hop, max_sparse_neighbors)
+            dst_parts.append(adj_dst[keep])
+            src_parts.append(adj_src[keep])
+            by_distance.append(torch.zeros_like(adj_dst[keep], dtype=torch.bool))
+            # kept adjacency pairs are not searched again; pairs capped away may come back as
+            # nearest neighbours
+            exclude = (adj_dst[keep], adj_src[keep])
+    if num_neighbors > 0:
+        dst, src = knn_edges(pos, mask, num_neighbors, valid_radius, exclude)
+        dst_parts.append(dst)
+        src_parts.append(src)
+        by_distance.append(torch.ones_like(dst, dtype=torch.bool))
+    if not dst_parts:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Graph(empty, empty, None if adj_mat is None else empty, torch.zeros(0, dtype=torch.bool, device=device))
+    dst, src = torch.cat(dst_parts), torch.cat(src_parts)
+    order = torch.argsort(_pair_key(dst, src, size))
+    dst, src = dst[order], src[order]
+    hop = _lookup_hops(dst, src, keys, hops, size) if keys is not None else None
+    return Graph(dst, src, hop, torch.cat(by_distance)[order])

@@ -1,0 +1,51 @@
+"""Distances to per-edge scalars: a Gaussian basis, a smooth cutoff envelope, and the radial MLP."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class GaussianBasis(nn.Module):
+    """``exp(-(d - mu_k)^2 / (2 sigma^2))`` with centres evenly spaced on ``[0, max_distance]``."""
+
+    def __init__(self, num_basis: int, max_distance: float):
+        super().__init__()
+        if num_basis < 2 or not max_distance > 0:
+            raise ValueError(f"need num_basis >= 2 and max_distance > 0, got {num_basis}, {max_distance}")
+        self.register_buffer("centers", torch.linspace(0.0, max_distance, num_basis), persistent=False)
+        self.width = max_distance / (num_basis - 1)
+
+    def forward(self, dist: Tensor) -> Tensor:
+        diff = (dist[..., None] - self.centers.to(dist.dtype)) / self.width  # (E, K)
+        return torch.exp(-0.5 * diff * diff)
+
+
+def polynomial_envelope(dist: Tensor, cutoff: float, p: int = 5) -> Tensor:
+    """Smooth step from 1 at ``d = 0`` to 0 at ``d = cutoff`` with two vanishing derivatives
+    there (DimeNet's envelope), so messages fade out instead of jumping as nodes cross the radius.
+    Infinite ``cutoff`` gives 1 everywhere."""
+    if cutoff == float("inf"):
+        return torch.ones_like(dist)
+    x = (dist / cutoff).clamp(max=1.0)
+    a, b, c = (p + 1) * (p + 2) / 2, p * (p + 2), p * (p + 1) / 2
+    return 1 - a * x**p + b * x ** (p + 1) - c * x ** (p + 2)
+
+
+class RadialMLP(nn.Module):
+    """Edge scalars (distance basis, edge and hop embeddings) -> one factor per input feature."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim_in, hidden),
+            nn.SiLU(),
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, dim_out),
+        )
+
+    def forward(self, edge_attr: Tensor) -> Tensor:
+        return self.net(edge_attr)

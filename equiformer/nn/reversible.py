@@ -1,0 +1,127 @@
+"""Residual blocks, plain or reversible (RevNet, Gomez et al. 2017).
+
+Reversible: two streams start as copies of the input, ``y1 = x1 + attn(x2)``,
+``y2 = x2 + ff(y1)``, output ``(y1 + y2) / 2``.  The forward keeps no activations; the backward
+rebuilds each block's inputs from its outputs (``x2 = y2 - ff(y1)``, ``x1 = y1 - attn(x2)``) and
+recomputes it, so activation memory does not grow with depth.  Parameters and the geometry are
+explicit inputs of the autograd function, so ``torch.autograd.grad`` and forces work as usual.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .edge_geometry import EdgeGeometry
+from .fiber import Features, Fiber, flatten, unflatten
+
+
+class _Runner:
+    """What the autograd function needs to call the blocks on flat tensors."""
+
+    def __init__(self, blocks: nn.ModuleList, fiber: Fiber, geometry: EdgeGeometry):
+        self.blocks, self.fiber, self.geometry = blocks, fiber, geometry
+
+    def attn(self, i: int, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        return flatten(self.blocks[i].attn(unflatten(x, self.fiber), geometry))
+
+    def ff(self, i: int, x: Tensor) -> Tensor:
+        return flatten(self.blocks[i].ff(unflatten(x, self.fiber)))
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, runner: _Runner, num_geometry: int, x1: Tensor, x2: Tensor, *tensors: Tensor):
+        geometry = runner.geometry
+        with torch.no_grad():
+            for i in range(len(runner.blocks)):
+                x1 = x1 + runner.attn(i, x2, geometry)
+                x2 = x2 + runner.ff(i, x1)
+        ctx.runner, ctx.num_geometry = runner, num_geometry
+        ctx.save_for_backward(x1, x2, *tensors[:num_geometry])
+        ctx.params = tensors[num_geometry:]
+        return x1, x2
+
+    @staticmethod
+    def backward(ctx, dy1: Tensor, dy2: Tensor):
+        runner = ctx.runner
+        y1, y2, *geo = ctx.saved_tensors
+        params = ctx.params
+        geo_leaves = [t.detach().requires_grad_(t.requires_grad) for t in geo]
+        geometry = runner.geometry.with_float_tensors(geo_leaves)
+        geo_grads = [torch.zeros_like(t) if t.requires_grad else None for t in geo]
+        param_index = {id(p): k for k, p in enumerate(params)}
+        param_grads: list[Tensor | None] = [None] * len(params)
+
+        def accumulate(ps, gs):
+            for p, g in zip(ps, gs):
+                if g is not None:
+                    k = param_index[id(p)]
+                    param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+
+        for i in reversed(range(len(runner.blocks))):
+            block = runner.blocks[i]
+            ff_params = [p for p in block.ff.parameters() if p.requires_grad]
+            attn_params = [p for p in block.attn.parameters() if p.requires_grad]
+            with torch.enable_grad():
+                z1 = y1.detach().requires_grad_()
+                g_out = runner.ff(i, z1)
+                grads = torch.autograd.grad(g_out, [z1, *ff_params], dy2, allow_unused=True)
+            with torch.no_grad():
+                x2 = y2 - g_out
+                dx1 = dy1 + grads[0]
+            accumulate(ff_params, grads[1:])
+            with torch.enable_grad():
+                z2 = x2.detach().requires_grad_()
+                f_out = runner.attn(i, z2, geometry)
+                used_geo = [t for t in geo_leaves if t.requires_grad]
+                grads = torch.autograd.grad(f_out, [z2, *used_geo, *attn_params], dx1, allow_unused=True)
+            with torch.no_grad():
+                x1 = y1 - f_out
+                dx2 = dy2 + grads[0]
+                k = 1
+                for j, t in enumerate(geo_leaves):
+                    if t.requires_grad:
+                        if grads[k] is not None:
+                            geo_grads[j] += grads[k]
+                        k += 1
+            accumulate(attn_params, grads[1 + len(used_geo) :])
+            y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+        return (None, None, dy1, dy2, *geo_grads, *param_grads)
+
+
+class Block(nn.Module):
+    def __init__(self, attn: nn.Module, ff: nn.Module):
+        super().__init__()
+        self.attn, self.ff = attn, ff
+
+
+class BlockSequence(nn.Module):
+    """``depth`` blocks of attention + feed-forward, residual or reversible.
+
+    ``memory_saving``: for reversible blocks, whether to use the activation-free backward (True)
+    or plain autograd through the same arithmetic (False; used to check the gradients).
+    """
+
+    def __init__(self, blocks: list[Block], fiber: Fiber, reversible: bool = False):
+        super().__init__()
+        self.blocks, self.fiber, self.reversible = nn.ModuleList(blocks), tuple(fiber), reversible
+        self.memory_saving = True
+
+    def forward(self, x: Features, geometry: EdgeGeometry) -> Features:
+        if not self.reversible:
+            for block in self.blocks:
+                x = [a + b for a, b in zip(x, block.attn(x, geometry))]
+                x = [a + b for a, b in zip(x, block.ff(x))]
+            return x
+        flat = flatten(x)
+        runner = _Runner(self.blocks, self.fiber, geometry)
+        if self.memory_saving and torch.is_grad_enabled():
+            geo = geometry.float_tensors()
+            params = [p for p in self.blocks.parameters() if p.requires_grad]
+            y1, y2 = _ReversibleFunction.apply(runner, len(geo), flat, flat, *geo, *params)
+        else:
+            y1 = y2 = flat
+            for i in range(len(self.blocks)):
+                y1 = y1 + runner.attn(i, y2, geometry)
+                y2 = y2 + runner.ff(i, y1)
+        return unflatten((y1 + y2) / 2, self.fiber)

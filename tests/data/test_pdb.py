@@ -1,0 +1,227 @@
+"""Reading PDB / mmCIF files (plain and gzipped) and folders of them."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from equiformer.data import backbone_to_pdb, load_structure_dir, read_structure
+from equiformer.data.pdb import guess_entry
+
+gemmi = pytest.importorskip("gemmi")
+
+
+def _write_text(path, text):
+    """Write plain or gzipped text, as the file name says."""
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wt") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def _write_chain(path, backbone, chain_id="A"):
+    text = backbone_to_pdb(backbone.coords, backbone.sequence, chain_id)
+    return _write_text(path, text + "END\n")
+
+
+def _to_mmcif(pdb_path, cif_path):
+    structure = gemmi.read_structure(str(pdb_path))
+    structure.setup_entities()
+    return _write_text(cif_path, structure.make_mmcif_document().as_string())
+
+
+def _assert_same_chain(read, original):
+    assert read.sequence == original.sequence
+    np.testing.assert_array_equal(read.atom_mask, original.atom_mask)
+    np.testing.assert_allclose(read.coords, original.coords, atol=1.5e-3)
+    np.testing.assert_array_equal(read.chain_break, original.chain_break)
+
+
+@pytest.mark.parametrize("name", ["1abc_B.pdb", "1abc_B.pdb.gz", "1abc_B.ent", "1abc_B.ent.gz"])
+def test_pdb_round_trip(tmp_path, clean_chain, name):
+    path = _write_chain(tmp_path / name, clean_chain, chain_id="B")
+    [chain] = read_structure(path)
+    _assert_same_chain(chain, clean_chain)
+    assert (chain.id, chain.entry) == ("1abc_B", "1abc")
+
+
+@pytest.mark.parametrize("name", ["2xyz.cif", "2xyz.cif.gz", "2xyz.mmcif", "2xyz.mmcif.gz"])
+def test_mmcif_round_trip(tmp_path, clean_chain, name):
+    pdb_path = _write_chain(tmp_path / "source.pdb", clean_chain)
+    [chain] = read_structure(_to_mmcif(pdb_path, tmp_path / name))
+    _assert_same_chain(chain, clean_chain)
+    assert chain.entry == "2xyz"
+
+
+def test_residue_numbering_gap_is_not_trusted_but_geometry_is(tmp_path, clean_chain):
+    """Residues 20-22 removed but numbering kept consecutive: the gap is found from C-N."""
+    keep = np.r_[0:20, 23 : len(clean_chain)]
+    sequence = "".join(clean_chain.sequence[i] for i in keep)
+    text = backbone_to_pdb(clean_chain.coords[keep], sequence) + "END\n"
+    (tmp_path / "gap.pdb").write_text(text)
+    [chain] = read_structure(tmp_path / "gap.pdb")
+    assert np.flatnonzero(chain.chain_break).tolist() == [20]
+
+
+PDB_SNIPPET = textwrap.dedent(
+    """\
+    HEADER    TEST PROTEIN                            01-JAN-00   3XYZ
+    MODEL        1
+    {atoms1}
+    TER
+    ENDMDL
+    MODEL        2
+    {atoms2}
+    TER
+    ENDMDL
+    END
+    """
+)
+
+
+def _atom(serial, name, resname, chain, resnum, xyz, altloc=" ", occ=1.0, record="ATOM  "):
+    x, y, z = xyz
+    element = name[0]
+    return (
+        f"{record}{serial:5d} {name if len(name) == 4 else ' ' + name:<4s}{altloc}{resname:>3s} "
+        f"{chain}{resnum:4d}    {x:8.3f}{y:8.3f}{z:8.3f}{occ:6.2f}{20.0:6.2f}          "
+        f"{element:>2s}  "
+    )
+
+
+def _residue_lines(serial, resname, resnum, offset, record="ATOM  ", chain="A"):
+    base = np.array([3.8 * resnum, 0.0, offset])
+    layout = {"N": (-1.2, 0.4, 0), "CA": (0, 0, 0), "C": (1.4, 0.3, 0), "O": (1.9, 1.4, 0)}
+    return [
+        _atom(serial + k, name, resname, chain, resnum, base + np.array(d), record=record)
+        for k, (name, d) in enumerate(layout.items())
+    ]
+
+
+def test_first_model_altlocs_modified_residues_and_non_protein(tmp_path):
+    names = ["ALA", "MSE", "SEP", "GLY", "TRP", "LYS", "VAL", "LEU", "ILE"]
+    lines = []
+    for i, resname in enumerate(names):
+        record = "ATOM  " if resname not in ("MSE", "SEP") else "HETATM"
+        lines += _residue_lines(4 * i + 1, resname, i + 1, 0.0, record=record)
+    # residue 4 (GLY) CA: altloc A (occupancy 0.4) and B (0.6, should win)
+    ca_a = _atom(900, "CA", "GLY", "A", 4, (30.0, 0.0, 0.0), altloc="A", occ=0.4)
+    ca_b = _atom(901, "CA", "GLY", "A", 4, (31.0, 0.0, 0.0), altloc="B", occ=0.6)
+    index = next(i for i, line in enumerate(lines) if " CA  GLY" in line)
+    lines[index : index + 1] = [ca_a, ca_b]
+    lines += [_atom(950, "O", "HOH", "W", 1, (50.0, 50.0, 50.0), record="HETATM")]
+    model2 = [line[:46] + "  99.000" + line[54:] for line in lines]
+    text = PDB_SNIPPET.format(atoms1="\n".join(lines), atoms2="\n".join(model2))
+    path = tmp_path / "mixed.pdb"
+    path.write_text(text)
+
+    [chain] = read_structure(path)
+    assert chain.entry == "3xyz" and chain.id == "3xyz_A"
+    assert chain.sequence == "AMXGWKVLI"
+    np.testing.assert_allclose(chain.coords[3, 1], (31.0, 0.0, 0.0))
+    assert np.abs(chain.coords[:, :, 2]).max() < 1.0  # model 2 (z = 99) ignored
+    assert read_structure(path, min_residues=10) == []
+
+
+def test_short_chain_filtered_and_nucleic_acid_skipped(tmp_path):
+    lines = []
+    for i in range(5):
+        lines += _residue_lines(4 * i + 1, "ALA", i + 1, 0.0)
+    for i in range(6):
+        base = np.array([3.8 * i, 20.0, 0.0])
+        for k, name in enumerate(["P", "C4'", "N1"]):
+            lines.append(_atom(100 + 3 * i + k, name, " DA", "B", i + 1, base + k))
+    path = tmp_path / "4abc.pdb"
+    path.write_text("\n".join(lines) + "\nEND\n")
+    assert read_structure(path) == []
+    [chain] = read_structure(path, min_residues=5)
+    assert chain.id == "4abc_A" and chain.sequence == "AAAAA"
+
+
+@pytest.mark.parametrize(
+    ("stem", "header", "entry"),
+    [
+        ("1ABC_A", "", "1abc"),
+        ("1ahsA", "", "1ahs"),
+        ("pdb1abc", "", "1abc"),
+        ("d1kyow_", "0000", "1kyo"),
+        ("model_7", "", "model_7"),
+        ("whatever", "2SDF", "2sdf"),
+        ("1mr1D_failing", "", "1mr1d_failing"),
+    ],
+)
+def test_guess_entry(stem, header, entry):
+    assert guess_entry(stem, header) == entry
+
+
+def test_folder_walk_skips_and_names_malformed_files(tmp_path, few_chains):
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    _write_chain(tmp_path / "1aaa_A.pdb", few_chains[0])
+    _write_chain(nested / "1bbb_C.pdb.gz", few_chains[1], chain_id="C")
+    (tmp_path / "notes.txt").write_text("not a structure, not even looked at")
+    bad = tmp_path / "a" / "broken.cif"
+    bad.write_text("data_x\nloop_\n_atom_site.id\n_atom_site.Cartn_x\n1\n")
+    empty = nested / "empty.pdb"
+    empty.write_text("REMARK nothing here\n")
+
+    with pytest.warns(UserWarning) as caught:
+        chains = load_structure_dir(tmp_path)
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(bad) in messages and str(empty) in messages
+    assert sorted(c.id for c in chains) == ["1aaa_A", "1bbb_C"]
+
+    with pytest.raises(ValueError) as error:  # files are read in sorted order
+        load_structure_dir(tmp_path, on_error="raise")
+    assert str(empty) in str(error.value)
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_structure_dir(missing)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_structure(missing / "x.pdb")
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "junk.pdb.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    with pytest.warns(UserWarning, match="junk.pdb.gz"):
+        with pytest.raises(ValueError, match="only_bad"):
+            load_structure_dir(only_bad)
+
+
+def test_legacy_columns_73_80_are_tolerated(tmp_path, clean_chain):
+    """Old PDB files put segment ids and line numbers where element and charge now are."""
+    text = backbone_to_pdb(clean_chain.coords, clean_chain.sequence)
+    legacy = [
+        line[:72] + f"1ABC{k + 100:4d}" if line.startswith("ATOM") else line
+        for k, line in enumerate(text.splitlines())
+    ]
+    path = tmp_path / "legacy.pdb"
+    path.write_text("\n".join(legacy) + "\nEND\n")
+    [chain] = read_structure(path)
+    _assert_same_chain(chain, clean_chain)
+
+
+def test_import_does_not_load_gemmi_or_matplotlib():
+    code = "import sys, equiformer.data; print('gemmi' in sys.modules, 'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_gzip_and_plain_give_identical_records(tmp_path, few_chains):
+    plain = _write_chain(tmp_path / "5abc_A.pdb", few_chains[2])
+    with plain.open("rb") as src, gzip.open(tmp_path / "5abc_A.pdb.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    [a] = read_structure(plain)
+    [b] = read_structure(tmp_path / "5abc_A.pdb.gz")
+    np.testing.assert_array_equal(a.coords, b.coords)
+    assert a.sequence == b.sequence == few_chains[2].sequence

@@ -1,0 +1,90 @@
+import pytest
+import torch
+from e3nn import o3
+
+from equiformer.so3 import block_diagonal, degree_slice, spherical_harmonics, wigner_D, wigner_D_block_diagonal
+from equiformer.testing import random_rotation
+
+LMAX = 10
+
+
+def _rotations(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([random_rotation(torch.float64, generator=g) for _ in range(n)])
+
+
+@pytest.fixture
+def float64_default():
+    # e3nn builds its generators in the default dtype; the reference must be float64 too
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_matches_e3nn_up_to_degree_10(float64_default):
+    g = torch.Generator().manual_seed(0)
+    alpha, beta, gamma = (torch.rand(200, dtype=torch.float64, generator=g) * 6.28 for _ in range(3))
+    r = o3.angles_to_matrix(alpha, beta, gamma)
+    ours = wigner_D(LMAX, r)
+    for l in range(LMAX + 1):
+        ref = o3.wigner_D(l, alpha, beta, gamma)
+        assert (ours[l] - ref).abs().max() <= 1e-10, l
+
+
+def test_degree_one_is_the_rotation_itself():
+    r = _rotations(50)
+    assert torch.equal(wigner_D(1, r)[1], r)
+
+
+def test_homomorphism_and_orthogonality():
+    r1, r2 = _rotations(30, 1), _rotations(30, 2)
+    d1, d2, d12 = wigner_D(LMAX, r1), wigner_D(LMAX, r2), wigner_D(LMAX, r1 @ r2)
+    for l in range(LMAX + 1):
+        assert (d12[l] - d1[l] @ d2[l]).abs().max() <= 1e-12
+        eye = torch.eye(2 * l + 1, dtype=torch.float64)
+        assert (d1[l] @ d1[l].transpose(-1, -2) - eye).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_harmonics_rotate_with_wigner(improper):
+    r = _rotations(40, 3)
+    if improper:
+        r = -r  # O(3): parity (-1)^l
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y, y_rot = spherical_harmonics(LMAX, x), spherical_harmonics(LMAX, torch.einsum("bij,bj->bi", r, x))
+    d = wigner_D(LMAX, r)
+    for l in range(LMAX + 1):
+        s = degree_slice(l)
+        assert (y_rot[:, s] - torch.einsum("bij,bj->bi", d[l], y[:, s])).abs().max() <= 1e-12
+
+
+def test_block_diagonal_holds_every_degree():
+    r = _rotations(5)
+    full = wigner_D_block_diagonal(3, r)
+    assert full.shape == (5, 16, 16)
+    blocks = wigner_D(3, r)
+    for l in range(4):
+        s = degree_slice(l)
+        assert torch.equal(full[:, s, s], blocks[l])
+    off = full.clone()
+    for l in range(4):
+        off[:, degree_slice(l), degree_slice(l)] = 0
+    assert off.abs().max() == 0
+    assert torch.equal(block_diagonal(blocks), full)
+
+
+def test_differentiable_in_the_rotation():
+    r = _rotations(2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda m: wigner_D(4, m)[4], (r,))
+
+
+def test_batch_shape_and_dtype_follow_input():
+    r = _rotations(6).reshape(2, 3, 3, 3).float()
+    d = wigner_D(2, r)
+    assert d[2].shape == (2, 3, 5, 5) and d[2].dtype == torch.float32
+
+
+def test_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="rotation"):
+        wigner_D(2, torch.randn(4, 3))
