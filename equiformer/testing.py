@@ -145,7 +145,7 @@ def assert_equivariant(
     return errors
 
 
-def randomize_parameters(module: torch.nn.Module, std: float = 0.5, generator: torch.Generator | None = None) -> None:
+def randomize_parameters(module: torch.nn.Module, std: float = 0.1, generator: torch.Generator | None = None) -> None:
     """Move every parameter away from its initial value (zero-initialised output layers would
     otherwise make equivariance and masking tests pass trivially)."""
     with torch.no_grad():

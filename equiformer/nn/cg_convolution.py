@@ -46,12 +46,18 @@ class CGConvolution(nn.Module):
             nn.Parameter(torch.randn(fiber_in[li], fiber_out[lo]) / math.sqrt(fan_in[lo]))
             for li, _, lo in self.paths
         )
-        for i, (li, lf, lo) in enumerate(self.paths):
-            coupling = clebsch_gordan(li, lf, lo, dtype=torch.float64) * math.sqrt(2 * lo + 1)
-            self.register_buffer(f"coupling_{i}", coupling.to(torch.get_default_dtype()), persistent=False)
+        # exact float64 constants, copied once per (dtype, device) actually used; kept out of
+        # the state dict and out of .to() so that float32 -> float64 round trips stay exact
+        self._couplings: dict[tuple, list[Tensor]] = {}
 
-    def coupling(self, i: int) -> Tensor:
-        return getattr(self, f"coupling_{i}")
+    def couplings(self, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+        key = (dtype, device)
+        if key not in self._couplings:
+            self._couplings[key] = [
+                (clebsch_gordan(li, lf, lo, dtype=torch.float64) * math.sqrt(2 * lo + 1)).to(dtype=dtype, device=device)
+                for li, lf, lo in self.paths
+            ]
+        return self._couplings[key]
 
     def forward(self, x: Features, sh: Tensor, scale: Tensor | None = None) -> Features:
         edges = x[0].shape[0]
@@ -59,9 +65,10 @@ class CGConvolution(nn.Module):
         if scale is not None:
             x = [t * scale[:, None, starts[l] : starts[l] + c] for l, (t, c) in enumerate(zip(x, self.fiber_in))]
         out = [x[0].new_zeros(edges, 2 * l + 1, c) for l, c in enumerate(self.fiber_out)]
+        couplings = self.couplings(x[0].dtype, x[0].device)
         for i, (li, lf, lo) in enumerate(self.paths):
             y = sh[:, lf * lf : (lf + 1) ** 2]  # (E, 2lf+1)
-            coupled = torch.einsum("eic,ef,ifo->eoc", x[li], y, self.coupling(i).to(x[li].dtype))
+            coupled = torch.einsum("eic,ef,ifo->eoc", x[li], y, couplings[i])
             out[lo] = out[lo] + coupled @ self.weights[i]  # (E, 2lo+1, C_out)
         return out
 
@@ -73,14 +80,15 @@ def so2_from_cg(cg: CGConvolution) -> SO2Convolution:
     elsewhere, so each path becomes a fixed matrix between orders ``+-m``; summing paths gives the
     per-order weights.
     """
-    so2 = SO2Convolution(cg.fiber_in, cg.fiber_out, reflection=cg.reflection)
+    weight = cg.weights[0]
+    so2 = SO2Convolution(cg.fiber_in, cg.fiber_out, reflection=cg.reflection).to(device=weight.device, dtype=weight.dtype)
     fin, fout = cg.fiber_in, cg.fiber_out
     with torch.no_grad():
         for w in [*so2.weight_real, *so2.weight_imag]:
             w.zero_()
         for i, (li, lf, lo) in enumerate(cg.paths):
             # (2li+1, 2lo+1): coefficient from input order mi to output order mo in the edge frame
-            a = cg.coupling(i).double()[:, lf, :] * math.sqrt(2 * lf + 1)
+            a = cg.couplings(torch.float64, torch.device("cpu"))[i][:, lf, :] * math.sqrt(2 * lf + 1)
             w = cg.weights[i].double()
             for m in range(min(li, lo) + 1):
                 ri, ro = sum(fin[m:li]), sum(fout[m:lo])

@@ -28,7 +28,7 @@ class GlobalLinearAttention(nn.Module):
         q, k, v = self.to_qkv(x).view(n, 3, self.heads, self.dim_head).unbind(1)  # (N, H, D)
         q = q.softmax(dim=-1)
         # softmax of keys over the nodes of each graph
-        k = k.float()
+        k = k.to(torch.promote_types(k.dtype, torch.float32))  # half precisions: exp in fp32
         peak = k.new_full((num_graphs, self.heads, self.dim_head), float("-inf"))
         peak = peak.scatter_reduce(0, node_graph[:, None, None].expand_as(k), k, "amax").detach()
         k = torch.exp(k - peak.index_select(0, node_graph))

@@ -1,0 +1,68 @@
+"""The SO(2) convolution equals the Clebsch-Gordan tensor product with mapped weights."""
+import pytest
+import torch
+
+from equiformer.nn import CGConvolution, SO2Convolution, so2_from_cg
+from equiformer.so3 import edge_to_axis_rotation, spherical_harmonics, wigner_D
+from equiformer.testing import random_rotation
+
+
+def _edges(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    vec = torch.randn(n, 3, dtype=torch.float64, generator=g)
+    vec[5] = 0.0  # coincident nodes: no direction
+    vec[6] = torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64)  # exactly on a pole
+    vec[7] = torch.tensor([0.0, -1.0, 1e-12], dtype=torch.float64)  # next to the other pole
+    return vec
+
+
+def _features(fiber, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 2 * l + 1, c, dtype=torch.float64, generator=g) for l, c in enumerate(fiber)]
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+@pytest.mark.parametrize("fibers", [((3, 2, 4, 1), (2, 3, 1, 2, 2)), ((4, 4), (2, 1, 3)), ((2, 2, 2), (5,))])
+def test_so2_equals_cg_with_mapped_weights(fibers, reflection):
+    fiber_in, fiber_out = fibers
+    torch.manual_seed(1)
+    cg = CGConvolution(fiber_in, fiber_out, reflection=reflection).double()
+    so2 = so2_from_cg(cg).double()
+    vec = _edges()
+    x = _features(fiber_in, vec.shape[0], 2)
+    scale = torch.randn(vec.shape[0], sum(fiber_in), dtype=torch.float64)
+    reference = cg(x, spherical_harmonics(cg.filter_lmax, vec), scale)
+    d = wigner_D(max(len(fiber_in), len(fiber_out)) - 1, edge_to_axis_rotation(vec))
+    rotated = [d[l] @ t for l, t in enumerate(x)]
+    zero = (vec.pow(2).sum(-1) == 0).nonzero().flatten()
+    out = so2(rotated, scale, zero)
+    out = [d[l].transpose(-1, -2) @ t for l, t in enumerate(out)]
+    for a, b in zip(reference, out):
+        assert (a - b).abs().max() <= 1e-10
+    assert max(a.abs().max() for a in reference) > 1e-2
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_cg_convolution_is_equivariant(reflection):
+    fiber_in, fiber_out = (2, 3, 2), (3, 2, 2)
+    torch.manual_seed(0)
+    cg = CGConvolution(fiber_in, fiber_out, reflection=reflection).double()
+    vec = _edges()
+    x = _features(fiber_in, vec.shape[0], 3)
+    r = random_rotation(torch.float64, generator=torch.Generator().manual_seed(4))
+    if reflection:
+        r = -r
+    d = wigner_D(cg.filter_lmax, r)
+    out = cg(x, spherical_harmonics(cg.filter_lmax, vec))
+    out_rot = cg([d[l] @ t for l, t in enumerate(x)], spherical_harmonics(cg.filter_lmax, vec @ r.T))
+    for l, (a, b) in enumerate(zip(out, out_rot)):
+        assert (d[l] @ a - b).abs().max() <= 1e-12
+
+
+def test_so2_parameter_count_matches_cg_paths():
+    """Both parametrisations span the same space: one SO(2) weight per tensor-product path."""
+    fiber_in, fiber_out = (3, 2, 4), (2, 3, 1)
+    for reflection in (False, True):
+        cg = CGConvolution(fiber_in, fiber_out, reflection=reflection)
+        so2 = SO2Convolution(fiber_in, fiber_out, reflection=reflection)
+        assert sum(p.numel() for p in cg.parameters()) == sum(p.numel() for p in so2.parameters())

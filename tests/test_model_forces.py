@@ -1,0 +1,42 @@
+"""Autograd forces (d output / d coordinates) equal central finite differences, through the edge
+frames, harmonics, radial basis and cutoff envelope."""
+import pytest
+import torch
+
+from model_factory import chain_adjacency, make_inputs, make_model
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(l2_dist_attention=False),
+        dict(l2_dist_attention=True),
+        dict(tensor_product="cg", l2_dist_attention=False),
+        dict(reversible=True, l2_dist_attention=False),
+        dict(reflection_equivariance=True, attend_sparse_neighbors=True, num_adj_degrees_embed=2),
+    ],
+    ids=["mlp-so2", "l2-so2", "mlp-cg", "reversible", "e3-adjacency"],
+)
+def test_forces_match_finite_differences(overrides):
+    model = make_model(valid_radius=3.0, **overrides)
+    feats, coors, mask = make_inputs(model, b=1, n=10, mask_fraction=0.0)
+    adj = chain_adjacency(10) if overrides.get("attend_sparse_neighbors") else None
+    weights = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def energy(x):
+        out = model(feats, x, mask, adj_mat=adj)
+        return (out.type0.sum(-1) * weights).sum() + out.type1.pow(2).sum()
+
+    x = coors.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(energy(x), x)
+    h = 1e-5
+    numeric = torch.zeros_like(coors)
+    for i in range(10):
+        for k in range(3):
+            plus, minus = coors.clone(), coors.clone()
+            plus[0, i, k] += h
+            minus[0, i, k] -= h
+            numeric[0, i, k] = (energy(plus) - energy(minus)) / (2 * h)
+    relative = (grad - numeric).norm() / numeric.norm()
+    assert numeric.norm() > 1e-3
+    assert relative <= 1e-6, relative
