@@ -16,7 +16,7 @@ from .graph import INF, build_graph
 from .nn.attention import L2DistanceAttention, MLPAttention
 from .nn.edge_geometry import TENSOR_PRODUCTS, EdgeGeometry, edge_vectors
 from .nn.feedforward import FeedForward
-from .nn.fiber import Features, as_fiber
+from .nn.fiber import as_fiber, layout
 from .nn.input_embedding import InputEmbedding
 from .nn.linear import EquivariantLinear
 from .nn.norm import EquivariantLayerNorm
@@ -290,10 +290,10 @@ class Equiformer(nn.Module):
             lmax=self.num_degrees - 1,
             tensor_product=self.tensor_product,
         )
-        x: Features = [feats[0].reshape(b * n, 1, -1).index_select(0, node_ids)]
+        parts = [feats[0].reshape(b * n, -1).index_select(0, node_ids)]  # (N, d0)
         for l in range(1, self.input_degrees):
-            x.append(feats[l].transpose(-1, -2).reshape(b * n, 2 * l + 1, -1).index_select(0, node_ids))
-        x = [t.to(pos.dtype) for t in x]
+            parts.append(feats[l].transpose(-1, -2).reshape(b * n, -1).index_select(0, node_ids))  # (N, (2l+1) d_l)
+        x = torch.cat(parts, dim=-1).to(pos.dtype)  # flat (N, F_in)
 
         x = self.input_embedding(x, geometry)
         x = self.blocks(x, geometry)
@@ -302,10 +302,11 @@ class Equiformer(nn.Module):
             x = self.head(x)
         return Return(self._unpack(x, node_ids, mask, return_pooled))
 
-    def _unpack(self, x: Features, node_ids: Tensor, mask: Tensor, pooled: bool) -> dict[int, Tensor]:
+    def _unpack(self, x: Tensor, node_ids: Tensor, mask: Tensor, pooled: bool) -> dict[int, Tensor]:
         b, n = mask.shape
+        fiber = (1,) * self.num_degrees if self.head is not None else self.dim
         out = {}
-        for l, t in enumerate(x):
+        for l, t in enumerate(layout(fiber).split(x)):  # (N, 2l+1, C_l)
             padded = t.new_zeros(b * n, *t.shape[1:]).index_copy(0, node_ids, t)
             padded = padded.view(b, n, 2 * l + 1, -1).transpose(-1, -2)  # (b, n, C, 2l+1)
             if pooled:

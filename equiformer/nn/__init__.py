@@ -1,10 +1,11 @@
-"""Equivariant layers.  Features are lists ``x[l]`` of shape ``(N, 2l+1, C_l)`` (see ``fiber``)."""
-from .activation import Gate, gated_fiber
+"""Equivariant layers on flat per-degree features ``(N, sum_l (2l+1) C_l)`` (see ``fiber``)."""
+from .activation import Gate
 from .attention import L2DistanceAttention, MLPAttention
 from .cg_convolution import CGConvolution, so2_from_cg, tensor_product_paths
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry, edge_vectors
 from .feedforward import FeedForward
+from .fiber import FiberLayout, gated_fiber, layout
 from .linear import EquivariantLinear
 from .norm import EquivariantLayerNorm
 from .radial import GaussianBasis, RadialMLP, polynomial_envelope
@@ -19,6 +20,7 @@ __all__ = [
     "EquivariantLayerNorm",
     "EquivariantLinear",
     "FeedForward",
+    "FiberLayout",
     "Gate",
     "GaussianBasis",
     "L2DistanceAttention",
@@ -27,6 +29,7 @@ __all__ = [
     "SO2Convolution",
     "edge_vectors",
     "gated_fiber",
+    "layout",
     "polynomial_envelope",
     "so2_from_cg",
     "tensor_product_paths",

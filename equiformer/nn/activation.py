@@ -3,28 +3,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from .fiber import Features, Fiber
+from .fiber import Fiber, gated_fiber, layout
 
-
-def gated_fiber(fiber: Fiber) -> Fiber:
-    """The input fiber a ``Gate`` needs to produce ``fiber``: one extra scalar per l > 0 channel."""
-    return (fiber[0] + sum(fiber[1:]), *fiber[1:])
+__all__ = ["Gate", "gated_fiber"]
 
 
 class Gate(nn.Module):
-    """``gated_fiber(fiber) -> fiber``.  Norm-preserving directions, so it commutes with rotations
-    and reflections; the same op works in any frame (global or edge-aligned)."""
+    """Flat ``gated_fiber(fiber) -> fiber``.  Directions are kept and only rescaled by invariant
+    factors, so it commutes with rotations and reflections and works in any frame."""
 
     def __init__(self, fiber: Fiber):
         super().__init__()
         self.fiber = tuple(fiber)
-        self.split = [fiber[0], *fiber[1:]]
+        self.num_gates = sum(fiber[1:])
+        lay = layout(self.fiber)
+        self.register_buffer("gate_of", lay.channel_index[fiber[0] :] - fiber[0], persistent=False)
 
-    def forward(self, x: Features) -> Features:
-        scalars, *gates = x[0].split(self.split, dim=-1)
-        out = [F.silu(scalars)]
-        for t, g in zip(x[1:], gates):
-            out.append(t * torch.sigmoid(g))  # g: (N, 1, C_l) broadcasts over components
-        return out
+    def forward(self, x: Tensor) -> Tensor:
+        c0, g = self.fiber[0], self.num_gates
+        scalars, gates, rest = x.split([c0, g, x.shape[1] - c0 - g], dim=1)
+        return torch.cat([F.silu(scalars), rest * torch.sigmoid(gates).index_select(1, self.gate_of)], dim=-1)

@@ -2,12 +2,14 @@
 
 Two ways to score a neighbour, sharing everything else:
   * ``MLPAttention`` (the Equiformer paper): invariant edge features -> LeakyReLU -> per-head
-    logits; values pass a gate and a second edge convolution ("non-linear messages").
-  * ``L2DistanceAttention``: logit = -||q_i - k_ij|| per head over all components, an exact
-    rotation invariant (the square root is smoothed by adding eps to the *squared* distance).
+    logits; values pass a gate, so messages are non-linear in the neighbour's features.
+  * ``L2DistanceAttention``: logit = -||q_i - k_ij|| per head over all its channels and
+    components: an exact rotation invariant (the square root is smoothed by adding eps to the
+    *squared* distance, never to the difference vector).
 
-Each degree has its own heads (``heads[l]``, ``dim_head[l]``).  Attending to oneself
-(``attend_self``) is a separate node-wise branch, not a zero-length edge.
+Each degree has its own heads (``heads[l]`` of width ``dim_head[l]``).  Attending to oneself
+(``attend_self``) is a node-wise branch, not a zero-length edge.  All features are flat
+(see ``fiber``); every per-head or per-channel broadcast is a precomputed index.
 """
 from __future__ import annotations
 
@@ -15,15 +17,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activation import Gate, gated_fiber
+from .activation import Gate
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
-from .fiber import Features, Fiber, gather_nodes
+from .fiber import Fiber, gated_fiber, layout
 from .linear import EquivariantLinear
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
 from .radial import RadialMLP
 from .scatter import segment_softmax
+
+
+def _head_indices(heads: Fiber, dim_head: Fiber, single_headed: bool) -> tuple[Tensor, Tensor]:
+    """For every flat position of the multi-head value fiber: its global head, and its source
+    position in the (possibly single-headed) value fiber."""
+    multi = tuple(h * d for h, d in zip(heads, dim_head))
+    values = dim_head if single_headed else multi
+    lay_v = layout(values)
+    head_of, source = [], []
+    first_head = 0
+    for l, (h, d) in enumerate(zip(heads, dim_head)):
+        for m in range(2 * l + 1):
+            for c in range(h * d):
+                head_of.append(first_head + c // d)
+                source.append(lay_v.offsets[l] + m * values[l] + (c % d if single_headed else c))
+        first_head += h
+    return torch.tensor(head_of), torch.tensor(source)
 
 
 class _GraphAttention(nn.Module):
@@ -47,10 +66,11 @@ class _GraphAttention(nn.Module):
         super().__init__()
         self.fiber, self.heads, self.dim_head = tuple(fiber), tuple(heads), tuple(dim_head)
         self.attend_self, self.single_headed_kv = attend_self, single_headed_kv
-        self.value_fiber = self.dim_head if single_headed_kv else tuple(h * d for h, d in zip(heads, dim_head))
+        self.head_fiber = tuple(h * d for h, d in zip(heads, dim_head))
+        self.value_fiber = self.dim_head if single_headed_kv else self.head_fiber
         self.conv_kwargs = dict(tensor_product=tensor_product, reflection=reflection)
-        self.radial_args = (edge_attr_dim, radial_hidden_dim)
         self.norm = EquivariantLayerNorm(fiber)
+        self.radial = RadialMLP(edge_attr_dim, radial_hidden_dim, sum(fiber))
         self.src_proj = EquivariantLinear(fiber, fiber)
         self.dst_proj = EquivariantLinear(fiber, fiber, bias=False)
         self.head_gates = nn.Linear(fiber[0], sum(heads)) if gate_attn_head_outputs else None
@@ -59,122 +79,111 @@ class _GraphAttention(nn.Module):
             if num_linear_attn_heads > 0
             else None
         )
-        out_in = tuple(h * d for h, d in zip(heads, dim_head))
+        out_fiber = self.head_fiber
         if self.linear_attn is not None:
-            out_in = (out_in[0] + self.linear_attn.dim_out, *out_in[1:])
-        self.to_out = EquivariantLinear(out_in, fiber, bias=False, zero_init=True)
+            out_fiber = (out_fiber[0] + self.linear_attn.dim_out, *out_fiber[1:])
+        self.to_out = EquivariantLinear(out_fiber, fiber, bias=False, zero_init=True)
+        head_of, source = _head_indices(self.heads, self.dim_head, single_headed_kv)
+        self.register_buffer("head_of", head_of, persistent=False)
+        self.register_buffer("value_source", source, persistent=False)
 
-    def edge_input(self, x: Features, geometry: EdgeGeometry) -> Features:
-        """Equiformer's message input ``W_s x_j + W_d x_i``, rotated into the edge frame."""
-        src = gather_nodes(self.src_proj(x), geometry.src)
-        dst = gather_nodes(self.dst_proj(x), geometry.dst)
-        return geometry.to_edge_frame([s + d for s, d in zip(src, dst)])
+    def edge_input(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        """Equiformer's message input ``W_s x_j + W_d x_i``, rotated into the edge frame: (E, F)."""
+        msg = self.src_proj(x).index_select(0, geometry.src) + self.dst_proj(x).index_select(0, geometry.dst)
+        return geometry.rotate(msg, self.fiber)
 
-    def messages(self, x: Features, geometry: EdgeGeometry):
-        """-> (edge logits (E, sum H), edge values, self logits (N, sum H) or None, self values)."""
+    def messages(self, x: Tensor, geometry: EdgeGeometry):
+        """-> (edge logits (E, sum H), edge values (E, F_V), self logits (N, sum H) | None, self values)."""
         raise NotImplementedError
 
-    def forward(self, x: Features, geometry: EdgeGeometry) -> Features:
+    def _per_head(self, values: Tensor, alpha: Tensor) -> Tensor:
+        """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads)."""
+        if self.single_headed_kv:
+            values = values.index_select(1, self.value_source)
+        return values * alpha.index_select(1, self.head_of)
+
+    def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = self.norm(x)
         logits, values, self_logits, self_values = self.messages(x, geometry)
         alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
-        alphas = alpha.split(self.heads, dim=-1)
-        alphas_self = alpha_self.split(self.heads, dim=-1) if alpha_self is not None else [None] * len(self.heads)
-        gates = torch.sigmoid(self.head_gates(x[0][:, 0])).split(self.heads, -1) if self.head_gates is not None else None
-        out = []
-        for l, (v, a, v_self, a_self) in enumerate(zip(values, alphas, self_values or [None] * len(values), alphas_self)):
-            h = self.heads[l]
-            weighted = self._weigh(v, a, h)  # (E, 2l+1, H*D)
-            total = weighted.new_zeros(geometry.num_nodes, *weighted.shape[1:]).index_add(0, geometry.dst, weighted)
-            if v_self is not None:
-                total = total + self._weigh(v_self, a_self, h)
-            if gates is not None:
-                total = self._weigh_heads(total, gates[l], h)
-            out.append(total)
+        weighted = self._per_head(values, alpha)  # (E, F_heads)
+        out = weighted.new_zeros(geometry.num_nodes, weighted.shape[1]).index_add(0, geometry.dst, weighted)
+        if self_values is not None:
+            out = out + self._per_head(self_values, alpha_self)
+        scalars = x.split([self.fiber[0], x.shape[1] - self.fiber[0]], dim=1)[0] if len(self.fiber) > 1 else x
+        if self.head_gates is not None:
+            gates = torch.sigmoid(self.head_gates(scalars))  # (N, sum H)
+            out = out * gates.index_select(1, self.head_of)
         if self.linear_attn is not None:
-            extra = self.linear_attn(x[0][:, 0], geometry.node_graph, geometry.num_graphs)
-            out[0] = torch.cat([out[0], extra[:, None, :]], dim=-1)
+            extra = self.linear_attn(scalars, geometry.node_graph, geometry.num_graphs)
+            c0 = self.head_fiber[0]
+            head, tail = out.split([c0, out.shape[1] - c0], dim=1)
+            out = torch.cat([head, extra, tail], dim=-1)
         return self.to_out(out)
-
-    def _weigh(self, values: Tensor, alpha: Tensor, heads: int) -> Tensor:
-        """``values`` (R, 2l+1, H*D) or single-headed (R, 2l+1, D), ``alpha`` (R, H) -> (R, 2l+1, H*D)."""
-        if self.single_headed_kv:
-            return (alpha[:, None, :, None] * values[:, :, None, :]).flatten(-2)
-        return self._weigh_heads(values, alpha, heads)
-
-    @staticmethod
-    def _weigh_heads(values: Tensor, weights: Tensor, heads: int) -> Tensor:
-        r, m, c = values.shape
-        return (values.view(r, m, heads, c // heads) * weights[:, None, :, None]).view(r, m, c)
 
 
 class MLPAttention(_GraphAttention):
-    """Equiformer's MLP attention with non-linear messages."""
+    """Equiformer's MLP attention with non-linear (gated) messages."""
 
     def __init__(self, *args, attn_hidden_dim_mult: int = 4, attn_leakyrelu_slope: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
         self.attn_hidden = sum(h * attn_hidden_dim_mult for h in self.heads)
         gated = gated_fiber(self.value_fiber)
         self.mid_fiber = (self.attn_hidden + gated[0], *gated[1:])
-        self.radial = RadialMLP(*self.radial_args, sum(self.fiber))
-        self.conv_in = EdgeConvolution(self.fiber, self.mid_fiber, **self.conv_kwargs)
-        self.conv_value = EdgeConvolution(self.value_fiber, self.value_fiber, **self.conv_kwargs)
+        self.conv = EdgeConvolution(self.fiber, self.mid_fiber, **self.conv_kwargs)
         self.to_logits = nn.Linear(self.attn_hidden, sum(self.heads), bias=False)
         self.leaky_slope = attn_leakyrelu_slope
         self.gate = Gate(self.value_fiber)
         if self.attend_self:
             self.self_in = EquivariantLinear(self.fiber, self.mid_fiber)
-            self.self_value = EquivariantLinear(self.value_fiber, self.value_fiber, bias=False)
 
-    def _split(self, mid: Features) -> tuple[Tensor, Features]:
-        scalars = mid[0][:, 0]
-        logits = self.to_logits(F.leaky_relu(scalars[:, : self.attn_hidden], self.leaky_slope))
-        values = self.gate([mid[0][..., self.attn_hidden :], *mid[1:]])
-        return logits, values
+    def _split(self, mid: Tensor) -> tuple[Tensor, Tensor]:
+        hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
+        return self.to_logits(F.leaky_relu(hidden, self.leaky_slope)), self.gate(values)
 
-    def messages(self, x: Features, geometry: EdgeGeometry):
-        mid = self.conv_in(self.edge_input(x, geometry), geometry, self.radial(geometry.edge_attr))
-        logits, values = self._split(mid)
-        values = geometry.from_edge_frame(self.conv_value(values, geometry))
+    def messages(self, x: Tensor, geometry: EdgeGeometry):
+        mid = self.conv(self.edge_input(x, geometry), geometry, self.radial(geometry.edge_attr))
+        logits, values = self._split(mid)  # the gate commutes with rotations: apply it in the edge frame
+        values = geometry.rotate(values, self.value_fiber, inverse=True)
         if not self.attend_self:
             return logits, values, None, None
         self_logits, self_values = self._split(self.self_in(x))
-        return logits, values, self_logits, self.self_value(self_values)
+        return logits, values, self_logits, self_values
 
 
 class L2DistanceAttention(_GraphAttention):
-    """logit = -scale * sqrt(||q_i - k_ij||^2 + eps) per head, over all its channels and components."""
+    """logit = -scale_l * sqrt(||q_i - k_ij||^2 + eps) per head, over all its channels and components."""
 
     def __init__(self, *args, eps: float = 1e-8, **kwargs):
         super().__init__(*args, **kwargs)
         self.eps = eps
-        self.kv_fiber = tuple(2 * v for v in self.value_fiber)
-        self.query_fiber = tuple(h * d for h, d in zip(self.heads, self.dim_head))
-        self.radial = RadialMLP(*self.radial_args, sum(self.fiber))
-        self.to_q = EquivariantLinear(self.fiber, self.query_fiber)
-        self.conv_kv = EdgeConvolution(self.fiber, self.kv_fiber, **self.conv_kwargs)
-        self.scales = [d**-0.5 for d in self.dim_head]
+        self.to_q = EquivariantLinear(self.fiber, self.head_fiber)
+        self.conv_k = EdgeConvolution(self.fiber, self.value_fiber, **self.conv_kwargs)
+        self.conv_v = EdgeConvolution(self.fiber, self.value_fiber, **self.conv_kwargs)
         if self.attend_self:
-            self.self_kv = EquivariantLinear(self.fiber, self.kv_fiber)
+            self.self_k = EquivariantLinear(self.fiber, self.value_fiber)
+            self.self_v = EquivariantLinear(self.fiber, self.value_fiber)
+        # sums squared differences per head (a 0/1 matrix), with 1/sqrt(dim_head) temperatures
+        scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)])
+        head_sum = torch.zeros(len(self.head_of), len(scale))
+        head_sum[torch.arange(len(self.head_of)), self.head_of] = 1.0
+        self.register_buffer("head_scale", scale.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("head_sum", head_sum.to(torch.get_default_dtype()), persistent=False)
 
-    def _logits(self, q: Features, kv: Features) -> tuple[Tensor, Features]:
-        logits, values = [], []
-        for l, (ql, kvl) in enumerate(zip(q, kv)):
-            k, v = kvl.chunk(2, dim=-1)
-            h, d = self.heads[l], self.dim_head[l]
-            qh = ql.view(ql.shape[0], ql.shape[1], h, d)
-            kh = k[:, :, None, :] if self.single_headed_kv else k.view(k.shape[0], k.shape[1], h, d)
-            sq = (qh - kh).pow(2).sum(dim=(1, 3))  # (R, H)
-            logits.append(-self.scales[l] * torch.sqrt(sq + self.eps))
-            values.append(v)
-        return torch.cat(logits, dim=-1), values
+    def _logits(self, q: Tensor, k: Tensor) -> Tensor:
+        if self.single_headed_kv:
+            k = k.index_select(1, self.value_source)
+        diff = q - k  # (R, F_heads)
+        sq = (diff * diff) @ self.head_sum.to(diff.dtype)  # (R, sum H)
+        return -self.head_scale.to(q.dtype) * torch.sqrt(sq + self.eps)
 
-    def messages(self, x: Features, geometry: EdgeGeometry):
-        q = self.to_q(x)
-        kv = self.conv_kv(self.edge_input(x, geometry), geometry, self.radial(geometry.edge_attr))
-        kv = geometry.from_edge_frame(kv)
-        logits, values = self._logits(gather_nodes(q, geometry.dst), kv)
+    def messages(self, x: Tensor, geometry: EdgeGeometry):
+        q = self.to_q(x)  # (N, F_heads)
+        x_edge = self.edge_input(x, geometry)
+        k, v = EdgeConvolution.apply_all([self.conv_k, self.conv_v], x_edge, geometry, self.radial(geometry.edge_attr))
+        # compare in the edge frame (distances are invariant); only values go back
+        logits = self._logits(geometry.rotate(q.index_select(0, geometry.dst), self.head_fiber), k)
+        values = geometry.rotate(v, self.value_fiber, inverse=True)
         if not self.attend_self:
             return logits, values, None, None
-        self_logits, self_values = self._logits(q, self.self_kv(x))
-        return logits, values, self_logits, self_values
+        return logits, values, self._logits(q, self.self_k(x)), self.self_v(x)

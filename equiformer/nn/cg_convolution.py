@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..so3 import clebsch_gordan
-from .fiber import Features, Fiber
+from .fiber import Fiber, layout
 from .so2_convolution import SO2Convolution
 
 
@@ -30,7 +30,7 @@ def tensor_product_paths(fiber_in: Fiber, fiber_out: Fiber, reflection: bool) ->
 class CGConvolution(nn.Module):
     """Same interface as ``SO2Convolution`` but in the global frame, using the edge harmonics.
 
-    ``forward(x, sh, scale)``: ``x[l]`` of shape ``(E, 2l+1, C_in_l)``, ``sh`` the component-normalised
+    ``forward(x, sh, scale)``: flat ``x`` of shape ``(E, F_in)``, ``sh`` the component-normalised
     harmonics of the edge directions up to degree ``filter_lmax``, ``scale`` as in SO(2).
     """
 
@@ -59,18 +59,18 @@ class CGConvolution(nn.Module):
             ]
         return self._couplings[key]
 
-    def forward(self, x: Features, sh: Tensor, scale: Tensor | None = None) -> Features:
-        edges = x[0].shape[0]
-        starts = [sum(self.fiber_in[:l]) for l in range(len(self.fiber_in))]
+    def forward(self, x: Tensor, sh: Tensor, scale: Tensor | None = None) -> Tensor:
+        lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
         if scale is not None:
-            x = [t * scale[:, None, starts[l] : starts[l] + c] for l, (t, c) in enumerate(zip(x, self.fiber_in))]
-        out = [x[0].new_zeros(edges, 2 * l + 1, c) for l, c in enumerate(self.fiber_out)]
-        couplings = self.couplings(x[0].dtype, x[0].device)
+            x = x * scale.index_select(1, lay_in.channel_index.to(scale.device))
+        xs = lay_in.split(x)  # [(E, 2l+1, C_l)]
+        out = [x.new_zeros(x.shape[0], 2 * l + 1, c) for l, c in enumerate(self.fiber_out)]
+        couplings = self.couplings(x.dtype, x.device)
         for i, (li, lf, lo) in enumerate(self.paths):
             y = sh[:, lf * lf : (lf + 1) ** 2]  # (E, 2lf+1)
-            coupled = torch.einsum("eic,ef,ifo->eoc", x[li], y, couplings[i])
+            coupled = torch.einsum("eic,ef,ifo->eoc", xs[li], y, couplings[i])
             out[lo] = out[lo] + coupled @ self.weights[i]  # (E, 2lo+1, C_out)
-        return out
+        return lay_out.merge(out)
 
 
 def so2_from_cg(cg: CGConvolution) -> SO2Convolution:

@@ -1,20 +1,22 @@
 """One interface over the two tensor-product paths, so layers do not care which one runs."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .cg_convolution import CGConvolution
 from .edge_geometry import TENSOR_PRODUCTS, EdgeGeometry
-from .fiber import Features, Fiber
+from .fiber import Fiber
 from .so2_convolution import SO2Convolution
 
 
 class EdgeConvolution(nn.Module):
-    """Equivariant per-edge map ``fiber_in -> fiber_out`` of features in the edge frame.
+    """Equivariant per-edge map ``fiber_in -> fiber_out`` of flat features in the edge frame.
 
-    ``tensor_product="so2"``: one GEMM per order m (fast path).  ``"cg"``: Clebsch-Gordan tensor
-    product with the edge harmonics in the global frame (reference path).  Both compute the same
-    family of functions; ``so2_from_cg`` maps one onto the other exactly.
+    ``tensor_product="so2"``: one GEMM per order m in the edge frame (fast path).  ``"cg"``:
+    Clebsch-Gordan tensor product with the edge harmonics in the global frame (reference path;
+    ``EdgeGeometry.rotate`` is then the identity).  Both compute the same family of functions;
+    ``so2_from_cg`` maps one onto the other exactly.
     """
 
     def __init__(self, fiber_in: Fiber, fiber_out: Fiber, tensor_product: str = "so2", reflection: bool = False):
@@ -22,10 +24,26 @@ class EdgeConvolution(nn.Module):
         if tensor_product not in TENSOR_PRODUCTS:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
         self.tensor_product = tensor_product
+        self.fiber_in, self.fiber_out = tuple(fiber_in), tuple(fiber_out)
         klass = SO2Convolution if tensor_product == "so2" else CGConvolution
         self.inner = klass(fiber_in, fiber_out, reflection=reflection)
 
-    def forward(self, x: Features, geometry: EdgeGeometry, scale: Tensor | None = None) -> Features:
+    def forward(self, x: Tensor, geometry: EdgeGeometry, scale: Tensor | None = None) -> Tensor:
         if self.tensor_product == "so2":
             return self.inner(x, scale, geometry.zero_length)
         return self.inner(x, geometry.sh, scale)
+
+    @staticmethod
+    def apply_all(convs: list["EdgeConvolution"], x: Tensor, geometry: EdgeGeometry, scale: Tensor | None) -> list[Tensor]:
+        """Several convolutions of the same input: dense SO(2) ones share a single GEMM."""
+        inner = [c.inner for c in convs]
+        if not all(isinstance(c, SO2Convolution) and c.dense for c in inner):
+            return [c(x, geometry, scale) for c in convs]
+        h = x if scale is None else x * scale.index_select(1, inner[0].scale_index)
+        weight = torch.cat([c.dense_weight() for c in inner], dim=1)
+        outs = (h @ weight).split([c.out_inverse.numel() for c in inner], dim=1)
+        zero = geometry.zero_length
+        if zero.numel():
+            rows, row_scale = x.index_select(0, zero), None if scale is None else scale.index_select(0, zero)
+            outs = [o.index_copy(0, zero, c._isotropic(rows, row_scale)) for o, c in zip(outs, inner)]
+        return list(outs)

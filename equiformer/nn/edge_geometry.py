@@ -5,13 +5,13 @@ every block.  ``to_edge_frame`` / ``from_edge_frame`` are the only places featur
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
-from ..so3 import edge_to_axis_rotation, spherical_harmonics, wigner_D
-from .fiber import Features
+from ..so3 import block_diagonal, edge_to_axis_rotation, spherical_harmonics, wigner_D
+from .fiber import Fiber, layout
 
 TENSOR_PRODUCTS = ("so2", "cg")
 
@@ -48,6 +48,7 @@ class EdgeGeometry:
     zero_length: Tensor
     wigner: list[Tensor] | None = None
     sh: Tensor | None = None
+    _blocks: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
     def build(
@@ -73,15 +74,36 @@ class EdgeGeometry:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
         return EdgeGeometry(dst, src, num_nodes, node_graph, num_graphs, weight, edge_attr, zero_length, wigner, sh)
 
-    def to_edge_frame(self, x: Features) -> Features:
-        if self.wigner is None:
-            return x
-        return [d @ t for d, t in zip(self.wigner, x)]  # (E, 2l+1, 2l+1) @ (E, 2l+1, C)
+    def _rotation_block(self, start: int, stop: int) -> Tensor:
+        """Block-diagonal Wigner matrices for degrees ``start..stop-1``, built once per forward."""
+        key = (start, stop)
+        if key not in self._blocks:
+            blocks = self.wigner[start:stop]
+            self._blocks[key] = blocks[0] if len(blocks) == 1 else block_diagonal(blocks)
+        return self._blocks[key]
 
-    def from_edge_frame(self, x: Features) -> Features:
+    def rotate(self, x: Tensor, fiber: Fiber, inverse: bool = False) -> Tensor:
+        """Flat features into the edge frame (``inverse``: back to the global frame).
+
+        Degree 0 is untouched; each run of degrees with equal channel counts is one batched
+        matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.
+        """
         if self.wigner is None:
             return x
-        return [d.transpose(-1, -2) @ t for d, t in zip(self.wigner, x)]
+        lay = layout(fiber)
+        if len(fiber) == 1:
+            return x
+        edges = x.shape[0]
+        groups = lay.rotation_groups
+        sizes = [fiber[0]] + [lay.offsets[stop] - lay.offsets[start] for start, stop in groups]
+        pieces = x.split(sizes, dim=1)
+        parts = [pieces[0]]
+        for (start, stop), block, size in zip(groups, pieces[1:], sizes[1:]):
+            d = self._rotation_block(start, stop)  # (E, R, R)
+            if inverse:
+                d = d.transpose(-1, -2)
+            parts.append((d @ block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
+        return torch.cat(parts, dim=-1)
 
     # --- plumbing for reversible blocks, which must hand every differentiable input to autograd
     def float_tensors(self) -> list[Tensor]:
@@ -92,8 +114,8 @@ class EdgeGeometry:
     def with_float_tensors(self, tensors: list[Tensor]) -> "EdgeGeometry":
         weight, edge_attr, *rest = tensors
         if self.wigner is not None:
-            return replace(self, weight=weight, edge_attr=edge_attr, wigner=list(rest))
-        return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0])
+            return replace(self, weight=weight, edge_attr=edge_attr, wigner=list(rest), _blocks={})
+        return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0], _blocks={})
 
 
 __all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "edge_vectors"]

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .activation import Gate, gated_fiber
-from .fiber import Features, Fiber
+from .activation import Gate
+from .fiber import Fiber, gated_fiber, layout
 from .linear import EquivariantLinear
 from .norm import EquivariantLayerNorm
 
@@ -28,17 +28,23 @@ class FeedForward(nn.Module):
         eps: float = 1e-8,
     ):
         super().__init__()
+        self.fiber = tuple(fiber)
         hidden = tuple(c * mult for c in fiber)
         self.include_htype_norms, self.eps = include_htype_norms, eps
-        fiber_in = (fiber[0] + sum(fiber[1:]), *fiber[1:]) if include_htype_norms else tuple(fiber)
+        fiber_in = (fiber[0] + sum(fiber[1:]), *fiber[1:]) if include_htype_norms else self.fiber
         self.norm = EquivariantLayerNorm(fiber)
         self.project_in = EquivariantLinear(fiber_in, gated_fiber(hidden))
         self.gate = Gate(hidden)
         self.project_out = EquivariantLinear(hidden, fiber_out or fiber, zero_init=zero_init_out)
+        if include_htype_norms:
+            lay = layout(self.fiber)
+            self.register_buffer("norm_of", lay.channel_index[fiber[0] :] - fiber[0], persistent=False)
 
-    def forward(self, x: Features) -> Features:
+    def forward(self, x: Tensor) -> Tensor:
         h = self.norm(x)
         if self.include_htype_norms:
-            norms = [torch.sqrt(t.pow(2).sum(dim=1, keepdim=True) + self.eps) for t in h[1:]]  # (N, 1, C_l)
-            h = [torch.cat([h[0], *norms], dim=-1), *h[1:]]
+            c0 = self.fiber[0]
+            scalars, rest = h.split([c0, h.shape[1] - c0], dim=1)
+            sq = rest.new_zeros(rest.shape[0], sum(self.fiber[1:])).index_add(1, self.norm_of, rest * rest)
+            h = torch.cat([scalars, torch.sqrt(sq + self.eps), rest], dim=-1)
         return self.project_out(self.gate(self.project_in(h)))

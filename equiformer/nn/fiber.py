@@ -1,18 +1,20 @@
-"""Features by degree: a *fiber* is the channel count of every degree ``0..L``.
+"""Features by degree, stored flat.
 
-Node and edge features travel between layers as a list ``x`` with ``x[l]`` of shape
-``(N, 2l + 1, C_l)``: components on the middle axis (``m = -l..l``), channels last, so channel
-mixing is a plain matrix product.
+A *fiber* is the channel count of every degree ``0..L``.  Node and edge features travel between
+layers as one flat tensor ``(N, F)``, degree-major: degree ``l`` occupies a block of
+``(2l + 1) * C_l`` numbers, components ``m = -l..l`` outer, channels inner, so
+``x[:, block].view(N, 2l + 1, C_l)`` is a free view.  ``FiberLayout`` precomputes the index maps
+that let layers act on all degrees with a handful of tensor ops instead of Python loops.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 Fiber = tuple[int, ...]
-Features = list[Tensor]
 
 
 def as_fiber(dims: int | Sequence[int], num_degrees: int, name: str) -> Fiber:
@@ -27,27 +29,51 @@ def as_fiber(dims: int | Sequence[int], num_degrees: int, name: str) -> Fiber:
     return dims
 
 
-def feature_size(fiber: Fiber) -> int:
-    """Length of the flattened feature vector: ``sum_l (2l + 1) C_l``."""
-    return sum((2 * l + 1) * c for l, c in enumerate(fiber))
+class FiberLayout:
+    """Offsets and index maps of a fiber's flat layout (index tensors live on the CPU; modules
+    copy the ones they need into non-persistent buffers)."""
+
+    def __init__(self, fiber: Fiber):
+        self.fiber = tuple(fiber)
+        self.num_degrees = len(fiber)
+        self.offsets = [0]
+        for l, c in enumerate(fiber):
+            self.offsets.append(self.offsets[-1] + (2 * l + 1) * c)
+        self.size = self.offsets[-1]
+        self.channel_offsets = [sum(fiber[:l]) for l in range(len(fiber) + 1)]
+        self.num_channels = self.channel_offsets[-1]
+        channel, degree = [], []
+        for l, c in enumerate(fiber):
+            for _ in range(2 * l + 1):
+                channel.extend(range(self.channel_offsets[l], self.channel_offsets[l] + c))
+                degree.extend([l] * c)
+        self.channel_index = torch.tensor(channel)  # (F,) flat position -> (degree, channel) slot
+        self.degree_index = torch.tensor(degree)  # (F,) flat position -> degree
+        # runs of consecutive degrees >= 1 with equal channel counts: rotated with one bmm each
+        self.rotation_groups: list[tuple[int, int]] = []
+        for l in range(1, len(fiber)):
+            if self.rotation_groups and fiber[self.rotation_groups[-1][1] - 1] == fiber[l]:
+                self.rotation_groups[-1] = (self.rotation_groups[-1][0], l + 1)
+            else:
+                self.rotation_groups.append((l, l + 1))
+
+        self.block_sizes = [(2 * l + 1) * c for l, c in enumerate(fiber)]
+
+    def split(self, x: Tensor) -> list[Tensor]:
+        """Every degree as a ``(N, 2l+1, C_l)`` view.  ``torch.split`` rather than slicing: its
+        backward is one concatenation instead of a zero-filled full-size tensor per slice."""
+        return [t.view(x.shape[0], 2 * l + 1, c) for l, (t, c) in enumerate(zip(x.split(self.block_sizes, dim=1), self.fiber))]
+
+    def merge(self, parts: Sequence[Tensor]) -> Tensor:
+        """Inverse of ``split``: per-degree ``(N, 2l+1, C_l)`` tensors to one flat tensor."""
+        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=-1)
 
 
-def flatten(x: Features) -> Tensor:
-    """``[(N, 2l+1, C_l)] -> (N, sum_l (2l+1) C_l)``."""
-    return torch.cat([t.reshape(t.shape[0], -1) for t in x], dim=-1)
+@lru_cache(maxsize=None)
+def layout(fiber: Fiber) -> FiberLayout:
+    return FiberLayout(tuple(fiber))
 
 
-def unflatten(flat: Tensor, fiber: Fiber) -> Features:
-    """Inverse of ``flatten``."""
-    sizes = [(2 * l + 1) * c for l, c in enumerate(fiber)]
-    parts = flat.split(sizes, dim=-1)
-    return [p.reshape(flat.shape[0], 2 * l + 1, c) for l, (p, c) in enumerate(zip(parts, fiber))]
-
-
-def gather_nodes(x: Features, index: Tensor) -> Features:
-    """Pick rows (nodes -> edges) of every degree."""
-    return [t.index_select(0, index) for t in x]
-
-
-def add(a: Features, b: Features) -> Features:
-    return [s + t for s, t in zip(a, b)]
+def gated_fiber(fiber: Fiber) -> Fiber:
+    """The fiber a ``Gate`` takes to produce ``fiber``: one extra scalar per l > 0 channel."""
+    return (fiber[0] + sum(fiber[1:]), *fiber[1:])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
-from .fiber import Features, Fiber, gather_nodes
+from .fiber import Fiber, layout
 from .radial import RadialMLP
 
 
@@ -36,17 +36,21 @@ class InputEmbedding(nn.Module):
         self.radial = RadialMLP(edge_attr_dim, radial_hidden_dim, sum(fiber_in))
         self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
 
-    def forward(self, x: Features, geometry: EdgeGeometry) -> Features:
-        messages = self.conv(geometry.to_edge_frame(gather_nodes(x, geometry.src)), geometry, self.radial(geometry.edge_attr))
-        messages = geometry.from_edge_frame(messages)
+    def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        """``(N, F_in) -> (N, F)``."""
+        n = geometry.num_nodes
+        messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
+        messages = self.conv(messages, geometry, self.radial(geometry.edge_attr))
+        messages = geometry.rotate(messages, self.fiber, inverse=True)  # (E, F)
         weight = geometry.weight  # (E,)
-        norm = 1.0 + weight.new_zeros(geometry.num_nodes).index_add(0, geometry.dst, weight)  # (N,)
-        out = []
-        for l, m in enumerate(messages):
-            total = m.new_zeros(geometry.num_nodes, *m.shape[1:]).index_add(0, geometry.dst, m * weight[:, None, None])
-            total = total / norm[:, None, None]
-            if l < len(self.self_weights):
-                total = total + x[l] @ self.self_weights[l]
-            out.append(total)
-        out[0] = out[0] + self.bias
-        return out
+        norm = 1.0 + weight.new_zeros(n).index_add(0, geometry.dst, weight)  # (N,)
+        out = messages.new_zeros(n, messages.shape[1]).index_add(0, geometry.dst, messages * weight[:, None])
+        out = out / norm[:, None]
+        degrees = layout(self.fiber_in).split(x)
+        own = [torch.addmm(self.bias, degrees[0][:, 0], self.self_weights[0])]
+        own += [(xl @ w).reshape(n, -1) for xl, w in zip(degrees[1:], self.self_weights[1:])]
+        own = torch.cat(own, dim=-1)
+        if own.shape[1] == out.shape[1]:
+            return out + own
+        head, tail = out.split([own.shape[1], out.shape[1] - own.shape[1]], dim=1)
+        return torch.cat([head + own, tail], dim=-1)

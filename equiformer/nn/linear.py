@@ -4,17 +4,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .fiber import Features, Fiber
+from .fiber import Fiber, layout
 
 
 class EquivariantLinear(nn.Module):
-    """``y[l] = x[l] @ W_l`` (plus a bias on degree 0 only, the one place a bias is equivariant).
-
-    Degrees of ``fiber_out`` beyond ``fiber_in`` would be constant zero, so both fibers must have
-    the same number of degrees.
-    """
+    """``y_l = x_l @ W_l`` on flat features (plus a bias on degree 0, the one place a bias is
+    equivariant).  Both fibers must have the same degrees."""
 
     def __init__(self, fiber_in: Fiber, fiber_out: Fiber, bias: bool = True, zero_init: bool = False):
         super().__init__()
@@ -29,8 +26,15 @@ class EquivariantLinear(nn.Module):
             for w in self.weights:
                 nn.init.zeros_(w)
 
-    def forward(self, x: Features) -> Features:
-        out = [t @ w for t, w in zip(x, self.weights)]  # (N, 2l+1, C_out)
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, F_in) -> (N, F_out)``."""
+        n = x.shape[0]
+        degrees = layout(self.fiber_in).split(x)
+        scalars = degrees[0][:, 0]
         if self.bias is not None:
-            out[0] = out[0] + self.bias
-        return out
+            parts = [torch.addmm(self.bias, scalars, self.weights[0])]
+        else:
+            parts = [scalars @ self.weights[0]]
+        for xl, w in zip(degrees[1:], self.weights[1:]):
+            parts.append((xl @ w).reshape(n, -1))  # (N, (2l+1) C_out)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]

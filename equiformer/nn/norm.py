@@ -2,26 +2,39 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
-from .fiber import Features, Fiber
+from .fiber import Fiber, layout
 
 
 class EquivariantLayerNorm(nn.Module):
-    """Degree 0: ordinary LayerNorm over channels.  Degree l > 0: divide by the root mean square
-    over components and channels (no centring: a mean vector is not rotation-invariant), then a
-    learnt per-channel scale.  ``eps`` keeps all-zero features (isolated nodes) finite.
-    """
+    """Degree 0: LayerNorm over channels.  Degree l > 0: divide by the root mean square over its
+    components and channels (no centring: a mean vector is not rotation-invariant), then a learnt
+    per-channel scale.  ``eps`` keeps all-zero features (isolated nodes) finite."""
 
     def __init__(self, fiber: Fiber, eps: float = 1e-6):
         super().__init__()
         self.fiber, self.eps = tuple(fiber), eps
-        self.scalar_norm = nn.LayerNorm(fiber[0], eps=eps)
-        self.scales = nn.ParameterList(nn.Parameter(torch.ones(c)) for c in fiber[1:])
+        self.scalar_weight = nn.Parameter(torch.ones(fiber[0]))
+        self.scalar_bias = nn.Parameter(torch.zeros(fiber[0]))
+        self.scales = nn.Parameter(torch.ones(sum(fiber[1:])))  # one per l > 0 channel
+        lay = layout(self.fiber)
+        c0 = fiber[0]
+        degree = lay.degree_index[c0:] - 1  # (F - C0,) degree - 1 of every higher position
+        counts = torch.tensor([(2 * l + 1) * c for l, c in enumerate(fiber)][1:], dtype=torch.float64)
+        mean = torch.zeros(lay.size - c0, max(len(fiber) - 1, 1), dtype=torch.float64)
+        mean[torch.arange(lay.size - c0), degree] = 1.0 / counts[degree]
+        self.register_buffer("mean_matrix", mean.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("degree_of", degree, persistent=False)
+        self.register_buffer("scale_of", lay.channel_index[c0:] - c0, persistent=False)
 
-    def forward(self, x: Features) -> Features:
-        out = [self.scalar_norm(x[0])]
-        for t, scale in zip(x[1:], self.scales):
-            mean_sq = t.pow(2).mean(dim=(-2, -1), keepdim=True)  # (N, 1, 1)
-            out.append(t * torch.rsqrt(mean_sq + self.eps) * scale)
-        return out
+    def forward(self, x: Tensor) -> Tensor:
+        c0 = self.fiber[0]
+        if len(self.fiber) == 1:
+            return F.layer_norm(x, (c0,), self.scalar_weight, self.scalar_bias, self.eps)
+        scalars, rest = x.split([c0, x.shape[1] - c0], dim=1)  # rest: (N, F - C0)
+        scalars = F.layer_norm(scalars, (c0,), self.scalar_weight, self.scalar_bias, self.eps)
+        mean_sq = (rest * rest) @ self.mean_matrix.to(x.dtype)  # (N, L) per-degree mean square
+        factor = torch.rsqrt(mean_sq + self.eps).index_select(1, self.degree_of)
+        return torch.cat([scalars, rest * factor * self.scales.index_select(0, self.scale_of)], dim=-1)

@@ -12,20 +12,20 @@ import torch
 from torch import Tensor, nn
 
 from .edge_geometry import EdgeGeometry
-from .fiber import Features, Fiber, flatten, unflatten
+from .fiber import Fiber
 
 
 class _Runner:
-    """What the autograd function needs to call the blocks on flat tensors."""
+    """What the autograd function needs to call the blocks."""
 
-    def __init__(self, blocks: nn.ModuleList, fiber: Fiber, geometry: EdgeGeometry):
-        self.blocks, self.fiber, self.geometry = blocks, fiber, geometry
+    def __init__(self, blocks: nn.ModuleList, geometry: EdgeGeometry):
+        self.blocks, self.geometry = blocks, geometry
 
     def attn(self, i: int, x: Tensor, geometry: EdgeGeometry) -> Tensor:
-        return flatten(self.blocks[i].attn(unflatten(x, self.fiber), geometry))
+        return self.blocks[i].attn(x, geometry)
 
     def ff(self, i: int, x: Tensor) -> Tensor:
-        return flatten(self.blocks[i].ff(unflatten(x, self.fiber)))
+        return self.blocks[i].ff(x)
 
 
 class _ReversibleFunction(torch.autograd.Function):
@@ -107,21 +107,21 @@ class BlockSequence(nn.Module):
         self.blocks, self.fiber, self.reversible = nn.ModuleList(blocks), tuple(fiber), reversible
         self.memory_saving = True
 
-    def forward(self, x: Features, geometry: EdgeGeometry) -> Features:
+    def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        """Flat features ``(N, F) -> (N, F)``."""
         if not self.reversible:
             for block in self.blocks:
-                x = [a + b for a, b in zip(x, block.attn(x, geometry))]
-                x = [a + b for a, b in zip(x, block.ff(x))]
+                x = x + block.attn(x, geometry)
+                x = x + block.ff(x)
             return x
-        flat = flatten(x)
-        runner = _Runner(self.blocks, self.fiber, geometry)
+        runner = _Runner(self.blocks, geometry)
         if self.memory_saving and torch.is_grad_enabled():
             geo = geometry.float_tensors()
             params = [p for p in self.blocks.parameters() if p.requires_grad]
-            y1, y2 = _ReversibleFunction.apply(runner, len(geo), flat, flat, *geo, *params)
+            y1, y2 = _ReversibleFunction.apply(runner, len(geo), x, x, *geo, *params)
         else:
-            y1 = y2 = flat
+            y1 = y2 = x
             for i in range(len(self.blocks)):
                 y1 = y1 + runner.attn(i, y2, geometry)
                 y2 = y2 + runner.ff(i, y1)
-        return unflatten((y1 + y2) / 2, self.fiber)
+        return (y1 + y2) / 2

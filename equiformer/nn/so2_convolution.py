@@ -6,7 +6,12 @@ harmonic features may only mix components of equal order ``|m|``, and between th
 harmonics reduces to one matrix product per order ``m``: O(L^3) instead of O(L^6) per edge, and
 the weights are shared by all edges (the radial network only rescales input features).
 
-Inputs must already be rotated into the edge frame (``EdgeGeometry.to_edge_frame``).
+Two equivalent executions of the same weights:
+  * ``per order``: gather the order-m components, one GEMM per m, scatter back (O(L^3)).
+  * ``dense``: the per-order weights scattered into one block-sparse ``F_in x F_out`` matrix,
+    applied with a single GEMM.  More flops (O(L^4)) but far fewer kernel launches and no
+    gathers, which wins for the small fibers typical of molecules and proteins.
+The cheaper one is picked at construction from the flop counts.
 """
 from __future__ import annotations
 
@@ -15,19 +20,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .fiber import Features, Fiber, feature_size
+from .fiber import Fiber, layout
 
 
 def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
-    """Gather index from degree-major flat features to an order-major layout, and block sizes.
+    """Gather index from degree-major flat features to the order-major layout, and block widths.
 
     Order-major layout: ``[m=0 | m=1 (+) | m=1 (-) | m=2 (+) | ...]``; the block for order ``m``
-    holds degrees ``l >= m`` with all their channels, degree by degree.  ``sizes[m]`` is that
+    holds degrees ``l >= m`` with all their channels, degree by degree.  ``sizes[m]`` is one
     block's width, ``sum_{l >= m} C_l``.
     """
-    offsets = [0]
-    for l, c in enumerate(fiber):
-        offsets.append(offsets[-1] + (2 * l + 1) * c)
+    offsets = layout(fiber).offsets
     index: list[int] = []
     sizes = []
     for m in range(mmax + 1):
@@ -39,22 +42,11 @@ def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
     return index, sizes
 
 
-def _channel_index(fiber: Fiber, mmax: int) -> list[int]:
-    """For each order-major position, the (degree, channel) position in ``cat_l C_l``."""
-    starts = [sum(fiber[:l]) for l in range(len(fiber))]
-    index: list[int] = []
-    for m in range(mmax + 1):
-        for _ in (1, -1) if m else (1,):
-            for l in range(m, len(fiber)):
-                index.extend(range(starts[l], starts[l] + fiber[l]))
-    return index
-
-
 class SO2Convolution(nn.Module):
-    """Equivariant linear map of edge-frame features, ``fiber_in -> fiber_out``, one GEMM per order.
+    """Equivariant linear map of edge-frame features, flat ``fiber_in -> fiber_out``.
 
-    ``forward(x, scale)``: ``x[l]`` is ``(E, 2l+1, C_in_l)`` in the edge frame, ``scale`` an optional
-    ``(E, sum_l C_in_l)`` per-edge factor for every input (degree, channel), e.g. from a radial
+    ``forward(x, scale, zero_length)``: ``x`` is ``(E, F_in)`` in the edge frame, ``scale`` an
+    optional ``(E, sum_l C_in_l)`` factor for every input (degree, channel), e.g. from a radial
     network.  Rows listed in ``zero_length`` (edges without a direction) get the rotation average
     of the map, which is what the Clebsch-Gordan path computes there.
 
@@ -62,18 +54,13 @@ class SO2Convolution(nn.Module):
     with ``l_in + l_filter + l_out`` even, which keep parity ``(-1)^l`` (E(3) equivariance).
     """
 
-    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, reflection: bool = False):
+    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, reflection: bool = False, dense: bool | None = None):
         super().__init__()
         self.fiber_in, self.fiber_out, self.reflection = tuple(fiber_in), tuple(fiber_out), reflection
         self.mmax = min(len(fiber_in), len(fiber_out)) - 1
+        lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
         in_index, self.in_sizes = _order_layout(self.fiber_in, self.mmax)
         out_index, self.out_sizes = _order_layout(self.fiber_out, self.mmax)
-        self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
-        self.register_buffer("scale_index", torch.tensor(_channel_index(self.fiber_in, self.mmax)), persistent=False)
-        # inverse of the output layout; components of order > mmax point at an extra zero column
-        inverse = torch.full((feature_size(self.fiber_out),), len(out_index), dtype=torch.long)
-        inverse[torch.tensor(out_index)] = torch.arange(len(out_index))
-        self.register_buffer("out_inverse", inverse, persistent=False)
 
         self.weight_real = nn.ParameterList()  # W1: +m -> +m and -m -> -m
         self.weight_imag = nn.ParameterList()  # W2: +m -> -m, and -W2: -m -> +m
@@ -85,69 +72,112 @@ class SO2Convolution(nn.Module):
             if m > 0 and not reflection:
                 self.weight_imag.append(nn.Parameter(torch.randn(k_in, k_out) * std))
 
-    def _order_major(self, x: Features, scale: Tensor | None) -> Tensor:
-        flat = torch.cat([t.reshape(t.shape[0], -1) for t in x[: len(self.fiber_in)]], dim=-1)
-        h = flat.index_select(1, self.in_index)  # (E, K_0 + 2 sum_m K_m)
-        if scale is not None:
-            h = h * scale.index_select(1, self.scale_index)
-        return h
+        exact = sum(
+            k_i * k_o * (1 if m == 0 else 2 * (1 if reflection else 2))
+            for m, (k_i, k_o) in enumerate(zip(self.in_sizes, self.out_sizes))
+        )
+        # measured on CPU: one dense GEMM beats the per-order gathers up to ~4.5x the exact flops
+        self.dense = dense if dense is not None else lay_in.size * lay_out.size <= 4.5 * exact
 
-    def forward(self, x: Features, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Features:
-        h = self._order_major(x, scale)
-        edges = h.shape[0]
-        outputs = []
-        start = 0
+        self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
+        self.register_buffer("scale_index", lay_in.channel_index, persistent=False)
+        self.register_buffer("order_scale_index", lay_in.channel_index[torch.tensor(in_index)], persistent=False)
+        # inverse of the output layout; components of order > mmax point at an extra zero column
+        inverse = torch.full((lay_out.size,), len(out_index), dtype=torch.long)
+        inverse[torch.tensor(out_index)] = torch.arange(len(out_index))
+        self.register_buffer("out_inverse", inverse, persistent=False)
+        self.register_buffer("dense_target", self._dense_targets(in_index, out_index, lay_out.size), persistent=False)
+
+    def _dense_targets(self, in_index: list[int], out_index: list[int], f_out: int) -> Tensor:
+        """Flat position in the dense ``(F_in, F_out)`` matrix of every entry of ``_values()``."""
+        targets = []
+        start_in = start_out = 0
         for m in range(self.mmax + 1):
-            k = self.in_sizes[m]
+            ki, ko = self.in_sizes[m], self.out_sizes[m]
+            rows = torch.tensor(in_index[start_in : start_in + ki])
+            cols = torch.tensor(out_index[start_out : start_out + ko])
             if m == 0:
-                outputs.append(h[:, :k] @ self.weight_real[0])  # (E, K'_0)
-                start = k
+                targets.append((rows[:, None] * f_out + cols[None, :]).flatten())
+                start_in, start_out = ki, ko
                 continue
-            plus, minus = h[:, start : start + k], h[:, start + k : start + 2 * k]
-            start += 2 * k
+            rows_m = torch.tensor(in_index[start_in + ki : start_in + 2 * ki])
+            cols_m = torch.tensor(out_index[start_out + ko : start_out + 2 * ko])
+            start_in, start_out = start_in + 2 * ki, start_out + 2 * ko
+            targets.append((rows[:, None] * f_out + cols[None, :]).flatten())  # W1: + -> +
+            targets.append((rows_m[:, None] * f_out + cols_m[None, :]).flatten())  # W1: - -> -
+            if not self.reflection:
+                targets.append((rows[:, None] * f_out + cols_m[None, :]).flatten())  # W2: + -> -
+                targets.append((rows_m[:, None] * f_out + cols[None, :]).flatten())  # -W2: - -> +
+        return torch.cat(targets)
+
+    def _values(self) -> Tensor:
+        values = [self.weight_real[0].flatten()]
+        for m in range(1, self.mmax + 1):
+            w1 = self.weight_real[m].flatten()
+            values += [w1, w1]
+            if not self.reflection:
+                w2 = self.weight_imag[m - 1].flatten()
+                values += [w2, -w2]
+        return torch.cat(values)
+
+    def dense_weight(self) -> Tensor:
+        """The whole map as one ``(F_in, F_out)`` matrix on degree-major flat features."""
+        f_in, f_out = layout(self.fiber_in).size, layout(self.fiber_out).size
+        values = self._values()
+        dense = values.new_zeros(f_in * f_out).index_put((self.dense_target,), values)
+        return dense.view(f_in, f_out)
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Tensor:
+        if self.dense:
+            h = x if scale is None else x * scale.index_select(1, self.scale_index)
+            out = h @ self.dense_weight()  # (E, F_out)
+        else:
+            out = self._per_order(x, scale)
+        if zero_length is not None and zero_length.numel():
+            out = out.index_copy(0, zero_length, self._isotropic(x.index_select(0, zero_length), None if scale is None else scale.index_select(0, zero_length)))
+        return out
+
+    def _per_order(self, x: Tensor, scale: Tensor | None) -> Tensor:
+        h = x.index_select(1, self.in_index)  # (E, K_0 + 2 sum_m K_m), order-major
+        if scale is not None:
+            h = h * scale.index_select(1, self.order_scale_index)
+        edges = h.shape[0]
+        blocks = h.split([self.in_sizes[0]] + [k for k in self.in_sizes[1:] for _ in range(2)], dim=1)
+        outputs = [blocks[0] @ self.weight_real[0]]
+        for m in range(1, self.mmax + 1):
+            plus, minus = blocks[2 * m - 1], blocks[2 * m]
             w1 = self.weight_real[m]
             if self.reflection:
                 outputs += [plus @ w1, minus @ w1]
                 continue
             # one GEMM for both halves: [x+; x-] @ [W1 | W2]
             both = torch.cat([plus, minus], 0) @ torch.cat([w1, self.weight_imag[m - 1]], 1)  # (2E, 2K')
-            k_out = w1.shape[1]
-            p_re, p_im = both[:edges, :k_out], both[:edges, k_out:]
-            n_re, n_im = both[edges:, :k_out], both[edges:, k_out:]
+            (p_re, p_im), (n_re, n_im) = (half.chunk(2, dim=1) for half in both.chunk(2, dim=0))
             outputs += [p_re - n_im, p_im + n_re]
         outputs.append(h.new_zeros(edges, 1))  # target of components with m > mmax
-        flat = torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
-        out = self._split(flat)
-        if zero_length is not None and zero_length.numel():
-            out = self._isotropic_rows(x, scale, zero_length, out)
-        return out
-
-    def _split(self, flat: Tensor) -> Features:
-        sizes = [(2 * l + 1) * c for l, c in enumerate(self.fiber_out)]
-        return [p.reshape(flat.shape[0], 2 * l + 1, c) for l, (p, c) in enumerate(zip(flat.split(sizes, -1), self.fiber_out))]
+        return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
 
     def isotropic_weights(self) -> list[Tensor]:
-        """Rotation average of the map, degree l -> l: ``(W^0 + 2 sum_{m=1}^{l} W1^m)_{ll} / (2l + 1)``."""
+        """Rotation average of the map, degree l -> l: ``(W^0 + 2 sum_{m=1}^{l} W1^m)_{ll} / (2l+1)``."""
         weights = []
         for l in range(self.mmax + 1):
             total = 0
             for m in range(l + 1):
                 # within order-m blocks, degree l starts after degrees m..l-1
-                ri = sum(self.fiber_in[m:l])
-                ro = sum(self.fiber_out[m:l])
+                ri, ro = sum(self.fiber_in[m:l]), sum(self.fiber_out[m:l])
                 block = self.weight_real[m][ri : ri + self.fiber_in[l], ro : ro + self.fiber_out[l]]
                 total = total + (block if m == 0 else 2 * block)
             weights.append(total / (2 * l + 1))
         return weights
 
-    def _isotropic_rows(self, x: Features, scale: Tensor | None, rows: Tensor, out: Features) -> Features:
-        starts = [sum(self.fiber_in[:l]) for l in range(len(self.fiber_in))]
-        out = [t.clone() for t in out]
+    def _isotropic(self, x: Tensor, scale: Tensor | None) -> Tensor:
+        """Rows without a direction (their frame is the identity): degree-wise averaged map."""
+        lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
+        if scale is not None:
+            x = x * scale.index_select(1, self.scale_index)
+        degrees = lay_in.split(x)
+        parts = []
         for l, w in enumerate(self.isotropic_weights()):
-            xl = x[l].index_select(0, rows)  # (Z, 2l+1, C_l)
-            if scale is not None:
-                xl = xl * scale.index_select(0, rows)[:, None, starts[l] : starts[l] + self.fiber_in[l]]
-            out[l] = out[l].index_copy(0, rows, xl @ w)
-        for l in range(self.mmax + 1, len(self.fiber_out)):
-            out[l] = out[l].index_fill(0, rows, 0.0)
-        return out
+            parts.append((degrees[l] @ w).reshape(x.shape[0], -1))
+        parts.append(x.new_zeros(x.shape[0], lay_out.size - lay_out.offsets[self.mmax + 1]))
+        return torch.cat(parts, dim=-1)
