@@ -76,8 +76,9 @@ class SO2Convolution(nn.Module):
             k_i * k_o * (1 if m == 0 else 2 * (1 if reflection else 2))
             for m, (k_i, k_o) in enumerate(zip(self.in_sizes, self.out_sizes))
         )
-        # measured on CPU: one dense GEMM beats the per-order gathers up to ~4.5x the exact flops
-        self.dense = dense if dense is not None else lay_in.size * lay_out.size <= 4.5 * exact
+        # measured on CPU (forward + backward): one dense GEMM beats the per-order GEMMs and
+        # gathers only while it does less than ~2.7x the exact flops
+        self.dense = dense if dense is not None else lay_in.size * lay_out.size <= 2.7 * exact
 
         self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
         self.register_buffer("scale_index", lay_in.channel_index, persistent=False)
@@ -127,35 +128,36 @@ class SO2Convolution(nn.Module):
         dense = values.new_zeros(f_in * f_out).index_put((self.dense_target,), values)
         return dense.view(f_in, f_out)
 
-    def forward(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Tensor:
+    def prepare(self, x: Tensor, scale: Tensor | None) -> Tensor:
+        """Scaled input in the layout this convolution multiplies (shareable by convolutions of
+        the same input fiber and execution mode)."""
         if self.dense:
-            h = x if scale is None else x * scale.index_select(1, self.scale_index)
-            out = h @ self.dense_weight()  # (E, F_out)
-        else:
-            out = self._per_order(x, scale)
+            return x if scale is None else x * scale.index_select(1, self.scale_index)
+        h = x.index_select(1, self.in_index)  # (E, K_0 + 2 sum_m K_m), order-major
+        return h if scale is None else h * scale.index_select(1, self.order_scale_index)
+
+    def apply_prepared(self, h: Tensor) -> Tensor:
+        if self.dense:
+            return h @ self.dense_weight()  # (E, F_out)
+        blocks = h.split([self.in_sizes[0]] + [2 * k for k in self.in_sizes[1:]], dim=1)
+        outputs = [block @ w for block, w in zip(blocks, self.order_weights())]  # one GEMM per order
+        outputs.append(h.new_zeros(h.shape[0], 1))  # target of components with m > mmax
+        return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Tensor:
+        out = self.apply_prepared(self.prepare(x, scale))
         if zero_length is not None and zero_length.numel():
             out = out.index_copy(0, zero_length, self._isotropic(x.index_select(0, zero_length), None if scale is None else scale.index_select(0, zero_length)))
         return out
 
-    def _per_order(self, x: Tensor, scale: Tensor | None) -> Tensor:
-        h = x.index_select(1, self.in_index)  # (E, K_0 + 2 sum_m K_m), order-major
-        if scale is not None:
-            h = h * scale.index_select(1, self.order_scale_index)
-        edges = h.shape[0]
-        blocks = h.split([self.in_sizes[0]] + [k for k in self.in_sizes[1:] for _ in range(2)], dim=1)
-        outputs = [blocks[0] @ self.weight_real[0]]
+    def order_weights(self) -> list[Tensor]:
+        """Per order m, the matrix acting on ``[x_+m | x_-m]``: ``[[W1, W2], [-W2, W1]]``."""
+        weights = [self.weight_real[0]]
         for m in range(1, self.mmax + 1):
-            plus, minus = blocks[2 * m - 1], blocks[2 * m]
             w1 = self.weight_real[m]
-            if self.reflection:
-                outputs += [plus @ w1, minus @ w1]
-                continue
-            # one GEMM for both halves: [x+; x-] @ [W1 | W2]
-            both = torch.cat([plus, minus], 0) @ torch.cat([w1, self.weight_imag[m - 1]], 1)  # (2E, 2K')
-            (p_re, p_im), (n_re, n_im) = (half.chunk(2, dim=1) for half in both.chunk(2, dim=0))
-            outputs += [p_re - n_im, p_im + n_re]
-        outputs.append(h.new_zeros(edges, 1))  # target of components with m > mmax
-        return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
+            w2 = self.weight_imag[m - 1] if not self.reflection else torch.zeros_like(w1)
+            weights.append(torch.cat([torch.cat([w1, w2], 1), torch.cat([-w2, w1], 1)], 0))  # (2K, 2K')
+        return weights
 
     def isotropic_weights(self) -> list[Tensor]:
         """Rotation average of the map, degree l -> l: ``(W^0 + 2 sum_{m=1}^{l} W1^m)_{ll} / (2l+1)``."""
