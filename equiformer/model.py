@@ -20,7 +20,7 @@ from .nn.fiber import as_fiber, layout
 from .nn.input_embedding import InputEmbedding
 from .nn.linear import EquivariantLinear
 from .nn.norm import EquivariantLayerNorm
-from .nn.radial import GaussianBasis, polynomial_envelope
+from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
@@ -155,10 +155,10 @@ class Equiformer(nn.Module):
         hop_classes = (num_adj_degrees_embed or 0) + 1
         self.hop_emb = nn.Embedding(hop_classes, adj_dim) if num_adj_degrees_embed and adj_dim > 0 else None
         hop_dim = (adj_dim if self.hop_emb is not None else hop_classes) if num_adj_degrees_embed else 0
-        edge_attr_dim = num_radial_basis + self.edge_dim + hop_dim
+        self.radial_trunk = RadialTrunk(num_radial_basis + self.edge_dim + hop_dim, radial_hidden_dim)
 
         conv = dict(tensor_product=tensor_product, reflection=reflection_equivariance)
-        self.input_embedding = InputEmbedding(self.dim_in, self.dim, edge_attr_dim, radial_hidden_dim, **conv)
+        self.input_embedding = InputEmbedding(self.dim_in, self.dim, radial_hidden_dim, **conv)
         attention_class = L2DistanceAttention if l2_dist_attention else MLPAttention
         extra = {} if l2_dist_attention else dict(
             attn_hidden_dim_mult=attn_hidden_dim_mult, attn_leakyrelu_slope=attn_leakyrelu_slope
@@ -169,7 +169,6 @@ class Equiformer(nn.Module):
                     self.dim,
                     heads,
                     dim_head,
-                    edge_attr_dim,
                     radial_hidden_dim,
                     attend_self=attend_self,
                     single_headed_kv=single_headed_kv,
@@ -221,7 +220,7 @@ class Equiformer(nn.Module):
                 raise ValueError(f"degree-{l} inputs must have shape {expected}, got {tuple(feats[l].shape)}")
         return feats
 
-    def _edge_attr(self, dist: Tensor, graph, edges: Tensor | None, b: int, n: int) -> Tensor:
+    def _edge_scalars(self, dist: Tensor, graph, edges: Tensor | None, b: int, n: int) -> Tensor:
         parts = [self.distance_basis(dist)]  # (E, K)
         if self.edge_dim:
             if edges is None:
@@ -286,7 +285,7 @@ class Equiformer(nn.Module):
             node_graph=node_ids // n,
             num_graphs=b,
             weight=weight,
-            edge_attr=self._edge_attr(dist, graph, edges, b, n),
+            edge_attr=self.radial_trunk(self._edge_scalars(dist, graph, edges, b, n)),
             lmax=self.num_degrees - 1,
             tensor_product=self.tensor_product,
         )

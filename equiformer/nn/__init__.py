@@ -8,7 +8,7 @@ from .feedforward import FeedForward
 from .fiber import FiberLayout, gated_fiber, layout
 from .linear import EquivariantLinear
 from .norm import EquivariantLayerNorm
-from .radial import GaussianBasis, RadialMLP, polynomial_envelope
+from .radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .reversible import BlockSequence
 from .so2_convolution import SO2Convolution
 
@@ -25,7 +25,7 @@ __all__ = [
     "GaussianBasis",
     "L2DistanceAttention",
     "MLPAttention",
-    "RadialMLP",
+    "RadialTrunk",
     "SO2Convolution",
     "edge_vectors",
     "gated_fiber",

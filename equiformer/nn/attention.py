@@ -24,7 +24,6 @@ from .fiber import Fiber, gated_fiber, layout
 from .linear import EquivariantLinear
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
-from .radial import RadialMLP
 from .scatter import segment_softmax
 
 
@@ -54,7 +53,6 @@ class _GraphAttention(nn.Module):
         heads: Fiber,
         dim_head: Fiber,
         edge_attr_dim: int,
-        radial_hidden_dim: int,
         attend_self: bool,
         single_headed_kv: bool,
         gate_attn_head_outputs: bool,
@@ -70,7 +68,7 @@ class _GraphAttention(nn.Module):
         self.value_fiber = self.dim_head if single_headed_kv else self.head_fiber
         self.conv_kwargs = dict(tensor_product=tensor_product, reflection=reflection)
         self.norm = EquivariantLayerNorm(fiber)
-        self.radial = RadialMLP(edge_attr_dim, radial_hidden_dim, sum(fiber))
+        self.radial = nn.Linear(edge_attr_dim, sum(fiber))  # head on the shared radial trunk
         self.src_proj = EquivariantLinear(fiber, fiber)
         self.dst_proj = EquivariantLinear(fiber, fiber, bias=False)
         self.head_gates = nn.Linear(fiber[0], sum(heads)) if gate_attn_head_outputs else None

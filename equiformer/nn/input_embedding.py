@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
 from .fiber import Fiber, layout
-from .radial import RadialMLP
 
 
 class InputEmbedding(nn.Module):
@@ -23,7 +22,6 @@ class InputEmbedding(nn.Module):
         fiber_in: Fiber,
         fiber: Fiber,
         edge_attr_dim: int,
-        radial_hidden_dim: int,
         tensor_product: str = "so2",
         reflection: bool = False,
     ):
@@ -33,7 +31,7 @@ class InputEmbedding(nn.Module):
             nn.Parameter(torch.randn(ci, co) / math.sqrt(ci)) for ci, co in zip(fiber_in, fiber)
         )
         self.bias = nn.Parameter(torch.zeros(fiber[0]))
-        self.radial = RadialMLP(edge_attr_dim, radial_hidden_dim, sum(fiber_in))
+        self.radial = nn.Linear(edge_attr_dim, sum(fiber_in))  # head on the shared radial trunk
         self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -32,10 +31,15 @@ def polynomial_envelope(dist: Tensor, cutoff: float, p: int = 5) -> Tensor:
     return 1 - a * x**p + b * x ** (p + 1) - c * x ** (p + 2)
 
 
-class RadialMLP(nn.Module):
-    """Edge scalars (distance basis, edge and hop embeddings) -> one factor per input feature."""
+class RadialTrunk(nn.Module):
+    """Invariant edge scalars (distance basis, edge and hop embeddings) -> hidden edge features.
 
-    def __init__(self, dim_in: int, hidden: int, dim_out: int):
+    Computed once per forward and shared by every layer; each convolution only adds its own
+    linear head producing one factor per input (degree, channel).  Sharing the trunk removes
+    most of the per-layer edge work of a full radial MLP per layer.
+    """
+
+    def __init__(self, dim_in: int, hidden: int):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(dim_in, hidden),
@@ -44,8 +48,7 @@ class RadialMLP(nn.Module):
             nn.Linear(hidden, hidden),
             nn.SiLU(),
             nn.LayerNorm(hidden),
-            nn.Linear(hidden, dim_out),
         )
 
-    def forward(self, edge_attr: Tensor) -> Tensor:
-        return self.net(edge_attr)
+    def forward(self, edge_scalars: Tensor) -> Tensor:
+        return self.net(edge_scalars)

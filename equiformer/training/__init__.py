@@ -1,0 +1,13 @@
+"""Protein backbone denoising, the library behind ``denoise.py``.
+
+Modules, one job each: ``config`` (settings, presets, command line), ``data`` (chains, data
+order, crops and noise), ``objective`` (model, loss, RMSD), ``optim`` (AdamW and schedule),
+``loop`` (training steps), ``validation``, ``checkpoint`` (atomic, resumable), ``metrics``
+(JSON lines and plot), ``distributed`` (DDP helpers), ``interrupt`` (Ctrl-C), ``run`` (set-up).
+Nothing here is imported by ``import equiformer``; tqdm and matplotlib are imported on use.
+"""
+
+from .config import PRESETS, ConfigError, SetupError, TrainConfig, build_parser
+from .run import main, train
+
+__all__ = ["PRESETS", "ConfigError", "SetupError", "TrainConfig", "build_parser", "main", "train"]

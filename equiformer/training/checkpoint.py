@@ -1,0 +1,79 @@
+"""Checkpoints that resume bit-for-bit and load with ``torch.load(weights_only=True)``.
+
+A checkpoint holds only tensors and plain containers of primitives (the config is a dict, the
+RNG states are tensors), so loading it never unpickles arbitrary objects. Everything that
+decides what happens next is in it: weights, optimizer, scheduler, step, the data-order
+generator and the global RNGs of torch, CUDA, numpy and Python.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import SetupError
+from .files import atomic_path
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` plus the format version and RNG states atomically to ``path``."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        torch.save({"format_version": FORMAT_VERSION, "rng": capture_rng(), **payload}, temporary)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU (weights only); errors name the file and the cause."""
+    path = Path(path)
+    if not path.is_file():
+        raise SetupError(f"no checkpoint to resume at {path} (run once without --resume first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle and zipfile raise many types on a damaged file
+        raise SetupError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}")
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if version != FORMAT_VERSION:
+        raise SetupError(
+            f"{path} is not a denoise.py checkpoint of format {FORMAT_VERSION} (found {version!r})"
+        )
+    return payload
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states as tensors and primitives (``weights_only``-loadable)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng``; CUDA states are restored when this process has as many GPUs."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((
+        numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+        numpy_state["has_gauss"], numpy_state["cached_gaussian"],
+    ))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"].tolist()),
+                     python_state["gauss_next"]))
+    cuda_states = state.get("cuda")
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)

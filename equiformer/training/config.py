@@ -1,0 +1,351 @@
+"""Every setting of a denoising run in one frozen dataclass, its presets, and the command line.
+
+The dataclass is the single source of truth: ``--help``, the presets, the checkpoint's stored
+config and the resume check are all derived from its fields, so a new setting is one field.
+Each field has a *role* that says what ``--resume`` may do with it:
+
+* ``strict``: shapes the training trajectory or the validation numbers (model, data,
+  optimiser, seed ...). Taken from the checkpoint; giving a different value is an error.
+* ``inherit``: bookkeeping that may change between invocations (how often to validate,
+  checkpoint, log). Taken from the checkpoint unless given again.
+* ``run``: about this invocation only (device, output folder, ``--resume`` itself ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+ROLES = ("strict", "inherit", "run")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+DTYPES = ("float32", "float64")
+ATTENTION = ("mlp", "l2")
+
+
+class ConfigError(ValueError):
+    """A setting, or a combination of settings, that cannot run; the message says which."""
+
+
+class SetupError(RuntimeError):
+    """The run cannot start (missing data, unreadable checkpoint ...); the message names it."""
+
+
+def _opt(help: str, role: str = "strict", group: str = "training", **argparse_kwargs: Any) -> dict:
+    """Field metadata: the ``--help`` text, the resume role and extra argparse arguments."""
+    assert role in ROLES, role
+    return {"help": help, "role": role, "group": group, "argparse": argparse_kwargs}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one denoising run; the defaults are the ``small`` preset (2 CPU cores, ~5 min)."""
+
+    # ---------------------------------------------------------------- data
+    data: str | None = field(default=None, metadata=_opt(
+        "folder of PDB/mmCIF files (.pdb .ent .cif .mmcif, optionally .gz), searched recursively, "
+        "instead of the embedded set", group="data", metavar="DIR"))
+    sidechainnet: str | None = field(default=None, metadata=_opt(
+        "local SidechainNet pickle (0.7 or 1.0 layout, all splits pooled and re-split by PDB "
+        "entry) instead of the embedded set; nothing is downloaded", group="data", metavar="PATH"))
+    strict_data: bool = field(default=False, metadata=_opt(
+        "stop at the first unreadable structure file instead of skipping it with a warning",
+        role="run", group="data"))
+    min_residues: int = field(default=16, metadata=_opt(
+        "leave out chains with fewer resolved residues", group="data"))
+    val_fraction: float = field(default=0.1, metadata=_opt(
+        "fraction of PDB entries held out for validation", group="data"))
+    split_seed: int = field(default=0, metadata=_opt(
+        "seed of the train/validation split by PDB entry (independent of --seed)", group="data"))
+    val_proteins: int = field(default=16, metadata=_opt(
+        "validate on at most this many held-out chains (a fixed, seeded choice)", group="data"))
+    crop: int = field(default=32, metadata=_opt(
+        "crop every chain to a random window of this many residues (4 atoms each)", group="data"))
+
+    # ---------------------------------------------------------------- task
+    noise: float = field(default=1.0, metadata=_opt(
+        "standard deviation (Å) of the Gaussian noise added to each backbone coordinate",
+        group="task"))
+
+    # ---------------------------------------------------------------- model
+    preset: str = field(default="small", metadata=_opt(
+        "named set of model and training sizes; flags given explicitly override it",
+        group="model", choices=("small", "large")))
+    dim: tuple[int, ...] = field(default=(32, 16), metadata=_opt(
+        "channels per degree, comma separated", group="model"))
+    num_degrees: int = field(default=2, metadata=_opt("degrees 0..L-1 of the hidden features",
+                                                      group="model"))
+    heads: tuple[int, ...] = field(default=(4, 4), metadata=_opt(
+        "attention heads per degree, comma separated", group="model"))
+    dim_head: tuple[int, ...] = field(default=(16, 8), metadata=_opt(
+        "channels per attention head and degree, comma separated", group="model"))
+    depth: int = field(default=2, metadata=_opt("attention blocks", group="model"))
+    num_neighbors: int = field(default=16, metadata=_opt(
+        "nearest atoms each atom attends to, besides its covalent neighbours", group="model"))
+    valid_radius: float = field(default=10.0, metadata=_opt(
+        "neighbour search radius (Å)", group="model"))
+    adj_degrees: int = field(default=3, metadata=_opt(
+        "embed covalent hop distance 1..K on edges and attend to atoms within K bonds",
+        group="model"))
+    attention: str = field(default="mlp", metadata=_opt(
+        "attention kind: 'mlp' (Equiformer paper) or 'l2' (distance of queries and keys)",
+        group="model", choices=ATTENTION))
+
+    # ---------------------------------------------------------------- optimisation
+    steps: int = field(default=240, metadata=_opt("optimizer steps in total"))
+    batch_size: int = field(default=4, metadata=_opt(
+        "chains per micro-batch on each process (global batch = this x processes x --accumulate)"))
+    accumulate: int = field(default=1, metadata=_opt(
+        "micro-batches whose gradients are summed before each optimizer step"))
+    lr: float = field(default=3e-3, metadata=_opt("peak learning rate of AdamW"))
+    min_lr_ratio: float = field(default=0.05, metadata=_opt(
+        "the cosine decay ends at this fraction of --lr"))
+    warmup_steps: int = field(default=20, metadata=_opt("steps of linear warm-up to --lr"))
+    weight_decay: float = field(default=0.01, metadata=_opt(
+        "AdamW weight decay (not applied to biases, norms and other vectors)"))
+    clip_grad: float = field(default=1.0, metadata=_opt(
+        "clip the global gradient norm to this value (0: no clipping)"))
+    seed: int = field(default=0, metadata=_opt(
+        "seed of the initial weights, the data order, crops and training/validation noise"))
+    dtype: str = field(default="float32", metadata=_opt(
+        "parameter and coordinate dtype; float64 for exact reproducibility checks",
+        choices=DTYPES))
+
+    # ---------------------------------------------------------------- bookkeeping
+    val_every: int = field(default=40, metadata=_opt(
+        "validate every N steps (and always after the last step)", role="inherit",
+        group="output"))
+    checkpoint_every: int = field(default=40, metadata=_opt(
+        "write the checkpoint every N steps (also on Ctrl-C and at the end)", role="inherit",
+        group="output"))
+    log_every: int = field(default=10, metadata=_opt(
+        "append the mean training loss to metrics.jsonl every N steps", role="inherit",
+        group="output"))
+
+    # ---------------------------------------------------------------- this invocation
+    out: str = field(default=os.path.join("runs", "denoise"), metadata=_opt(
+        "output folder: checkpoint.pt, metrics.jsonl, curves.png, validation_example.pdb",
+        role="run", group="output", metavar="DIR"))
+    resume: bool = field(default=False, metadata=_opt(
+        "continue from --out's checkpoint; settings not given are taken from it",
+        role="run", group="output"))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "start afresh even if --out already holds a checkpoint", role="run", group="output"))
+    stop_at_step: int = field(default=0, metadata=_opt(
+        "stop this invocation after step N with a checkpoint, as if interrupted (0: run to "
+        "--steps); for time-limited jobs", role="run", group="output"))
+    progress: bool = field(default=True, metadata=_opt(
+        "show a progress bar (process 0 only)", role="run", group="output"))
+    device: str = field(default="auto", metadata=_opt(
+        "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'", role="run", group="runtime"))
+    precision: str = field(default="auto", metadata=_opt(
+        "'bf16' autocast (CUDA only), 'fp32', or 'auto' (bf16 on CUDA, fp32 on CPU)",
+        role="run", group="runtime", choices=PRECISIONS))
+    threads: int = field(default=0, metadata=_opt(
+        "CPU threads per process (0: torch's default)", role="run", group="runtime"))
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of primitives (tuples become lists), as stored in checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Inverse of ``to_dict``; unknown keys are an error, missing keys get defaults."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings {sorted(unknown)}")
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+    @property
+    def global_batch(self) -> int:
+        """Chains per optimizer step on one process; multiply by the world size for all ranks."""
+        return self.batch_size * self.accumulate
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The dataclass defaults: ~1 s per step on 2 CPU cores; validation is a few seconds.
+    "small": {},
+    # For one GPU: 6 blocks of degrees 0-2, 64-residue crops (256 atoms), 16 chains per step.
+    "large": dict(
+        dim=(128, 64, 32), num_degrees=3, heads=(8, 8, 4), dim_head=(32, 16, 16), depth=6,
+        num_neighbors=32, crop=64, batch_size=16, steps=20000, warmup_steps=1000, lr=5e-4,
+        val_proteins=64, val_every=500, checkpoint_every=500, log_every=50,
+    ),
+}
+
+
+def fields_by_role(role: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["role"] == role)
+
+
+def resolve(explicit: dict[str, Any]) -> TrainConfig:
+    """A fresh run's config: dataclass defaults, then the preset, then the explicit flags."""
+    preset = explicit.get("preset", TrainConfig.preset)
+    return TrainConfig(**{**PRESETS[preset], **explicit})
+
+
+def explicit_with_preset(explicit: dict[str, Any]) -> dict[str, Any]:
+    """The settings a user asked for: an explicit ``--preset`` counts as all of its values."""
+    if "preset" not in explicit:
+        return dict(explicit)
+    return {**PRESETS[explicit["preset"]], **explicit}
+
+
+def resolve_resume(saved: dict[str, Any], explicit: dict[str, Any]) -> TrainConfig:
+    """The config of a resumed run: the checkpoint's, with ``inherit``/``run`` flags applied.
+
+    Raises ``ConfigError`` naming every strict setting that the command line changes.
+    """
+    try:
+        saved_config = TrainConfig.from_dict(saved)
+    except (ConfigError, TypeError) as error:
+        raise ConfigError(f"the checkpoint's config is not one this version reads: {error}")
+    asked = explicit_with_preset(explicit)
+    conflicts = [
+        f"{name}: checkpoint has {getattr(saved_config, name)!r}, this run asks for {value!r}"
+        for name, value in asked.items()
+        if name in fields_by_role("strict") and _coerce(name, value) != getattr(saved_config, name)
+    ]
+    if conflicts:
+        raise ConfigError(
+            "--resume with settings that differ from the checkpoint's (they would change the "
+            "training run; drop these flags or start a new run with another --out):\n  "
+            + "\n  ".join(conflicts)
+        )
+    run_defaults = {name: getattr(TrainConfig, name) for name in fields_by_role("run")}
+    merged = {**saved_config.to_dict(), **run_defaults, **asked}
+    return TrainConfig.from_dict(merged)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _metavar(default: Any) -> str:
+    if isinstance(default, tuple):
+        return "N,N,..."
+    return {int: "N", float: "X"}.get(type(default), "TEXT")
+
+
+def _argparse_type(default: Any):
+    if isinstance(default, tuple):
+        return _int_tuple
+    if isinstance(default, (int, float)):
+        return type(default)
+    return str
+
+
+def build_parser(prog: str = "denoise.py") -> argparse.ArgumentParser:
+    """The ``denoise.py`` command line, generated from ``TrainConfig``'s fields."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train an Equiformer to denoise protein backbones (N, CA, C, O): Gaussian "
+        "noise is added to the atoms and the network predicts the displacement back, as its "
+        "type-1 (vector) output. Runs on the embedded set of real PDB chains by default. "
+        "Multi-process: torchrun --nproc_per_node K denoise.py ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+        epilog="Exit status: 0 finished (or stopped by --stop-at-step), 130 interrupted by "
+        "Ctrl-C/SIGTERM after saving a checkpoint, 2 bad settings or data.",
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or parser.add_argument_group(meta["group"])
+        groups[meta["group"]] = group
+        flag = "--" + f.name.replace("_", "-")
+        large = PRESETS["large"].get(f.name)
+        shown = _show(f.default) + (f"; large preset: {_show(large)}" if large is not None else "")
+        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kwargs = {"metavar": _metavar(f.default), **meta["argparse"]}
+            if "choices" in kwargs:
+                del kwargs["metavar"]
+            group.add_argument(flag, type=_argparse_type(f.default), help=help_text, **kwargs)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The flags given on the command line (only those), as ``TrainConfig`` field values.
+
+    Data paths are made absolute, so that resuming from another working folder still matches.
+    """
+    explicit = vars(build_parser().parse_args(argv))
+    for name in ("data", "sidechainnet"):
+        if explicit.get(name):
+            explicit[name] = os.path.abspath(explicit[name])
+    return explicit
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Lists from a checkpoint back to tuples, ints to floats where the field is a float."""
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    if isinstance(default, tuple) and isinstance(value, Iterable) and not isinstance(value, str):
+        return tuple(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _validate(config: TrainConfig) -> None:
+    problems = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    need(not (config.data and config.sidechainnet), "give at most one of --data and --sidechainnet")
+    for name in ("min_residues", "val_proteins", "crop", "num_degrees", "depth", "steps",
+                 "batch_size", "accumulate", "val_every", "checkpoint_every", "log_every"):
+        need(getattr(config, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("split_seed", "seed", "warmup_steps", "num_neighbors", "adj_degrees",
+                 "stop_at_step", "threads"):
+        need(getattr(config, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
+    need(0.0 < config.val_fraction < 1.0, "--val-fraction must be in (0, 1)")
+    need(config.noise > 0, "--noise must be > 0")
+    need(config.lr > 0, "--lr must be > 0")
+    need(0.0 <= config.min_lr_ratio <= 1.0, "--min-lr-ratio must be in [0, 1]")
+    need(config.weight_decay >= 0 and config.clip_grad >= 0,
+         "--weight-decay and --clip-grad must be >= 0")
+    need(config.valid_radius > 0, "--valid-radius must be > 0")
+    need(config.num_neighbors > 0 or config.adj_degrees > 0,
+         "with --num-neighbors 0 the atoms need --adj-degrees >= 1 to attend to anything")
+    for name in ("dim", "heads", "dim_head"):
+        value = getattr(config, name)
+        need(len(value) in (1, config.num_degrees) and min(value) >= 1,
+             f"--{name.replace('_', '-')} needs 1 or --num-degrees ({config.num_degrees}) "
+             f"positive values, got {_show(value)}")
+    need(config.preset in PRESETS, f"--preset must be one of {sorted(PRESETS)}")
+    need(config.attention in ATTENTION, f"--attention must be one of {ATTENTION}")
+    need(config.dtype in DTYPES, f"--dtype must be one of {DTYPES}")
+    need(config.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}")
+    need(config.device in DEVICES or config.device.startswith("cuda:"),
+         f"--device must be one of {DEVICES} or cuda:N, got {config.device!r}")
+    need(not (config.device == "cpu" and config.precision == "bf16"),
+         "--precision bf16 is for CUDA only (CPU autocast would be slower, not faster)")
+    need(not (config.dtype == "float64" and config.precision == "bf16"),
+         "--precision bf16 needs --dtype float32")
+    need(not (config.resume and config.overwrite), "give at most one of --resume and --overwrite")
+    if problems:
+        raise ConfigError("; ".join(problems))

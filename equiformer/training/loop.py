@@ -1,0 +1,179 @@
+"""The training loop: optimizer steps, periodic validation and checkpoints, stopping cleanly.
+
+One optimizer step consumes one *global* batch (``batch_size x accumulate x world_size``
+chains) drawn by ``BatchOrder``; rank r takes its own slice of each micro-batch, and the loss
+is scaled so that DistributedDataParallel's gradient average equals the gradient of the mean
+over the whole global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import Backbone
+from .checkpoint import CHECKPOINT_NAME, save_checkpoint
+from .config import TrainConfig
+from .data import BatchOrder, NoisyBatch, make_batch
+from .distributed import DistContext, all_reduce_sum, barrier
+from .interrupt import StopRequest
+from .metrics import CURVES_NAME, MetricsLog, plot_curves
+from .objective import denoise, squared_deviation
+from .validation import ValidationResult, evaluate, write_example
+
+
+@dataclass
+class Session:
+    """Everything one training process holds; the checkpoint is its resumable part."""
+
+    config: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    precision: str
+    dtype: torch.dtype
+    model: nn.Module
+    """The model to train with: DistributedDataParallel-wrapped when there are several ranks."""
+    module: nn.Module
+    """The bare model, for saving and validation."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    order: BatchOrder
+    train_chains: list[Backbone]
+    val_chunks: list[NoisyBatch]
+    out: Path
+    metrics: MetricsLog
+    data_fingerprint: str
+    step: int = 0
+    elapsed: float = 0.0
+    """Training seconds of earlier invocations of this run."""
+    last_validation: ValidationResult | None = field(default=None, repr=False)
+
+    def checkpoint_state(self) -> dict:
+        """The resumable state, as tensors and primitives only."""
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "world_size": self.ctx.world_size,
+            "data_fingerprint": self.data_fingerprint,
+            "elapsed": self.elapsed,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "order": self.order.state_dict(),
+        }
+
+    def say(self, message: str) -> None:
+        """Print on rank 0 without breaking the progress bar."""
+        if self.ctx.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(message)
+
+
+def save(session: Session) -> None:
+    """Rank 0 writes the checkpoint; the barrier keeps ranks from exiting before it is done."""
+    if session.ctx.is_main:
+        save_checkpoint(session.out / CHECKPOINT_NAME, session.checkpoint_state())
+    barrier(session.ctx)
+
+
+def train_step(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns this rank's summed per-chain loss and the gradient norm."""
+    config, ctx = session.config, session.ctx
+    picks = session.order.next(config.global_batch * ctx.world_size)
+    local_sum = torch.zeros((), dtype=torch.float64, device=session.device)
+    for micro in range(config.accumulate):
+        start = (micro * ctx.world_size + ctx.rank) * config.batch_size
+        mine = picks[start : start + config.batch_size]
+        example = make_batch(
+            [session.train_chains[index] for index, _ in mine], [seed for _, seed in mine],
+            config.crop, config.noise, session.dtype,
+        ).to(session.device)
+        last = micro == config.accumulate - 1
+        no_sync = getattr(session.model, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            denoised = denoise(session.model, example, config.noise, session.precision)
+            per_chain = squared_deviation(denoised, example.batch.coords, example.batch.mask)
+            (per_chain.sum() / config.global_batch).backward()
+        local_sum += per_chain.detach().sum().double()
+    max_norm = config.clip_grad if config.clip_grad > 0 else math.inf
+    grad_norm = nn.utils.clip_grad_norm_(session.module.parameters(), max_norm)
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    return local_sum, grad_norm
+
+
+def validate(session: Session) -> ValidationResult:
+    """Evaluate on the fixed validation set; rank 0 logs it and writes the PDB and the plot."""
+    result = evaluate(session.module, session.val_chunks, session.config, session.precision,
+                      session.device, session.ctx)
+    session.last_validation = result
+    if session.ctx.is_main:
+        session.metrics.write(kind="val", step=session.step, rmsd_noisy=result.rmsd_noisy,
+                              rmsd_denoised=result.rmsd_denoised, chains=result.chains)
+        write_example(result, session.out)
+        plot_curves(session.metrics.records, session.out / CURVES_NAME)
+        session.say(f"step {session.step}: validation backbone RMSD noisy "
+                    f"{result.rmsd_noisy:.3f} Å -> denoised {result.rmsd_denoised:.3f} Å "
+                    f"({result.chains} chains)")
+    return result
+
+
+def fit(session: Session, stop: StopRequest) -> str:
+    """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted."""
+    from tqdm import tqdm
+
+    config, ctx = session.config, session.ctx
+    end = min(config.steps, config.stop_at_step) if config.stop_at_step else config.steps
+    bar = tqdm(total=config.steps, initial=session.step, unit="step", dynamic_ncols=True,
+               disable=not (ctx.is_main and config.progress), desc="denoise")
+    started = time.perf_counter()
+    window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+    status = "finished" if end == config.steps else "stopped"
+    try:
+        while session.step < end:
+            lr = session.optimizer.param_groups[0]["lr"]
+            step_start = time.perf_counter()
+            local_sum, grad_norm = train_step(session)
+            session.step += 1
+            # one collective per step: the global loss, and whether any rank was signalled
+            shared = torch.stack([local_sum, local_sum.new_tensor(float(stop.requested))])
+            loss_sum, signalled = all_reduce_sum(shared, ctx).tolist()
+            loss = loss_sum / (config.global_batch * ctx.world_size)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss is {loss} at step {session.step}: lower --lr or check the data"
+                )
+            window_seconds += time.perf_counter() - step_start  # training only, no validation
+            window_loss, window_steps = window_loss + loss, window_steps + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if session.step % config.log_every == 0 or session.step == end:
+                session.metrics.write(
+                    kind="train", step=session.step, loss=window_loss / window_steps, lr=lr,
+                    grad_norm=float(grad_norm), steps_per_s=window_steps / window_seconds,
+                    elapsed_s=session.elapsed + time.perf_counter() - started,
+                    epoch=session.order.epoch,
+                )
+                window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+            interrupted = signalled > 0
+            if not interrupted and (session.step % config.val_every == 0
+                                    or session.step == config.steps):
+                validate(session)
+            if interrupted or session.step == end or session.step % config.checkpoint_every == 0:
+                session.elapsed += time.perf_counter() - started
+                started = time.perf_counter()
+                save(session)
+            if interrupted:
+                status = "interrupted"
+                break
+    finally:
+        bar.close()
+    return status

@@ -1,0 +1,88 @@
+"""Metrics as JSON lines (one record per line, easy to append and to read back) and a PNG plot.
+
+Records have a ``kind``: ``train`` (mean loss since the last record, learning rate, gradient
+norm, speed), ``val`` (backbone RMSD of noisy and denoised chains against the truth) and
+``end`` (final summary with every rank's parameter digest).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_path
+
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics file, in order ([] if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl``; only the main process writes, the others keep none.
+
+    On resume the file is cut back to the checkpoint's step: records written after the last
+    checkpoint by the interrupted run describe steps that are about to be trained again.
+    """
+
+    def __init__(self, folder: Path, enabled: bool, resume_step: int | None = None):
+        self.path = folder / METRICS_NAME
+        self.enabled = enabled
+        self.records: list[dict[str, Any]] = []
+        if not enabled:
+            return
+        if resume_step is not None:
+            self.records = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        with atomic_path(self.path) as temporary:
+            temporary.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("kind") == kind]
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Training loss and validation RMSD against step, side by side, as a PNG.
+
+    Uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global backend
+    switch), imported here so that training without plots never needs matplotlib.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
+    val = [r for r in records if r.get("kind") == "val"]
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_axes, rmsd_axes = figure.subplots(1, 2)
+    loss_axes.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
+    loss_axes.set(xlabel="step", ylabel="training loss (mean squared deviation, Å²)",
+                  title="training loss")
+    if train and min(r["loss"] for r in train) > 0:
+        loss_axes.set_yscale("log")
+    steps = [r["step"] for r in val]
+    rmsd_axes.plot(steps, [r["rmsd_noisy"] for r in val], "o--", color="tab:gray", label="noisy")
+    rmsd_axes.plot(steps, [r["rmsd_denoised"] for r in val], "o-", color="tab:red",
+                   label="denoised")
+    rmsd_axes.set(xlabel="step", ylabel="backbone RMSD to truth (Å)",
+                  title="validation (N, CA, C, O)")
+    rmsd_axes.set_ylim(bottom=0)
+    rmsd_axes.legend()
+    for axes in (loss_axes, rmsd_axes):
+        axes.grid(alpha=0.3)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)

@@ -1,0 +1,223 @@
+"""Set up a denoising run (config, device, data, model, resume), run the loop, report.
+
+``main`` is what ``denoise.py`` calls; ``train`` does the same from a dict of settings, for
+use from Python and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng
+from .config import ConfigError, SetupError, TrainConfig, parse_args, resolve, resolve_resume
+from .data import BatchOrder, fingerprint, load_backbones, split
+from .distributed import (
+    DistContext,
+    context_from_env,
+    gather_digests,
+    init_process_group,
+    shutdown,
+    wrap_model,
+)
+from .files import atomic_path, remove_stale_temporaries
+from .interrupt import StopRequest
+from .loop import Session, fit
+from .metrics import CURVES_NAME, MetricsLog, plot_curves
+from .objective import build_model
+from .optim import build_optimizer, build_scheduler
+from .validation import build_validation_set
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, the shell's convention for a job ended by Ctrl-C (after saving, here)."""
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and train; setting and data errors become one clear line."""
+    explicit = parse_args(argv)
+    try:
+        return train(explicit)
+    except (ConfigError, SetupError) as error:
+        print(f"denoise.py: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def train(explicit: dict[str, Any]) -> int:
+    """Train with the given settings (``TrainConfig`` field names); returns the exit status."""
+    ctx = context_from_env()
+    checkpoint = None
+    if explicit.get("resume"):
+        out = Path(explicit.get("out", TrainConfig.out))
+        checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
+        config = resolve_resume(checkpoint["config"], explicit)
+    else:
+        config = resolve(explicit)
+        existing = Path(config.out) / CHECKPOINT_NAME
+        if existing.exists() and not config.overwrite:
+            raise SetupError(
+                f"{existing} exists: pass --resume to continue that run, --overwrite to start "
+                "again, or another --out"
+            )
+    device = pick_device(config.device, ctx)
+    precision = pick_precision(config.precision, device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_process_group(ctx, device)
+    try:
+        with deterministic_on_cpu(device):
+            session = build_session(config, ctx, device, precision, checkpoint)
+            with StopRequest() as stop:
+                status = fit(session, stop)
+            return report(session, status)
+    finally:
+        shutdown(ctx)
+
+
+def pick_device(name: str, ctx: DistContext) -> torch.device:
+    """``auto``: CUDA if available. Under torchrun each process takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SetupError(f"--device {name}: CUDA is not available on this machine")
+        if ctx.enabled or name == "cuda":
+            return torch.device("cuda", ctx.local_rank)
+    return torch.device(name)
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        raise ConfigError("--precision bf16 is for CUDA only, and this run is on the CPU")
+    return precision
+
+
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on the CPU, where they cost nothing; the previous mode is restored.
+
+    With the same thread count, a CPU run then repeats bit for bit, which is what makes
+    "interrupted and resumed" equal to "uninterrupted".
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python; the initial weights come from torch's."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_session(
+    config: TrainConfig,
+    ctx: DistContext,
+    device: torch.device,
+    precision: str,
+    checkpoint: dict | None,
+) -> Session:
+    """Data, model, optimizer and output folder, restored from ``checkpoint`` when resuming."""
+    dtype = getattr(torch, config.dtype)
+    backbones = load_backbones(config)
+    train_chains, val_chains = split(backbones, config)
+    seed_everything(config.seed)
+    module = build_model(config).to(device=device, dtype=dtype)
+    optimizer = build_optimizer(module, config)
+    scheduler = build_scheduler(optimizer, config)
+    order = BatchOrder(len(train_chains), config.seed)
+    out = Path(config.out)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+    step, elapsed = 0, 0.0
+    data_fingerprint = fingerprint(train_chains)
+    if checkpoint is not None:
+        _check_compatible(checkpoint, ctx, data_fingerprint, out)
+        module.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        order.load_state_dict(checkpoint["order"])
+        restore_rng(checkpoint["rng"])
+        step, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
+    session = Session(
+        config=config, ctx=ctx, device=device, precision=precision, dtype=dtype,
+        model=wrap_model(module, ctx, device), module=module, optimizer=optimizer,
+        scheduler=scheduler, order=order, train_chains=train_chains,
+        val_chunks=build_validation_set(val_chains, config, dtype), out=out,
+        metrics=MetricsLog(out, ctx.is_main, resume_step=step if checkpoint else None),
+        data_fingerprint=data_fingerprint, step=step, elapsed=elapsed,
+    )
+    if ctx.is_main:
+        with atomic_path(out / "config.json") as temporary:
+            temporary.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    source = config.data or config.sidechainnet or "the embedded set"
+    parameters = sum(p.numel() for p in module.parameters())
+    session.say(
+        f"data: {len(train_chains)} training / {len(val_chains)} validation chains from {source}"
+        f"; model: {parameters:,} parameters; {device} {precision} {config.dtype}, "
+        f"{torch.get_num_threads()} threads x {ctx.world_size} processes; global batch "
+        f"{config.global_batch * ctx.world_size} chains of <= {config.crop} residues; "
+        f"steps {config.steps}; output {out}"
+    )
+    if checkpoint is not None:
+        session.say(f"resumed from step {step} of {config.steps} ({out / CHECKPOINT_NAME})")
+    return session
+
+
+def _check_compatible(checkpoint: dict, ctx: DistContext, data_fingerprint: str, out: Path) -> None:
+    if checkpoint["world_size"] != ctx.world_size:
+        raise ConfigError(
+            f"{out / CHECKPOINT_NAME} was written by {checkpoint['world_size']} processes and this "
+            f"run has {ctx.world_size}: resume with the same number, so that each step sees the "
+            "same global batch"
+        )
+    if checkpoint["data_fingerprint"] != data_fingerprint:
+        raise SetupError(
+            "the training chains differ from those of the checkpoint (files added, removed or "
+            "unreadable in the data folder?): resuming would not continue the same run"
+        )
+
+
+def report(session: Session, status: str) -> int:
+    """Final record with every rank's parameter digest, the plot, and a closing line."""
+    config = session.config
+    digests = gather_digests(session.module, session.ctx)
+    if session.ctx.is_main:
+        session.metrics.write(kind="end", step=session.step, status=status,
+                              param_digests=digests, elapsed_s=session.elapsed)
+        plot_curves(session.metrics.records, session.out / CURVES_NAME)
+    if status == "interrupted":
+        session.say(f"interrupted at step {session.step} of {config.steps}; checkpoint saved. "
+                    f"Continue with: denoise.py --out {config.out} --resume")
+        return EXIT_INTERRUPTED
+    if status == "stopped":
+        session.say(f"stopped at step {session.step} of {config.steps} (--stop-at-step); "
+                    f"continue with --resume")
+        return 0
+    validations = session.metrics.of_kind("val")
+    if validations:
+        last = validations[-1]
+        session.say(f"done: {session.step} steps; last validation (step {last['step']}): "
+                    f"backbone RMSD noisy {last['rmsd_noisy']:.3f} Å, denoised "
+                    f"{last['rmsd_denoised']:.3f} Å; outputs in {session.out}")
+    return 0
