@@ -5,21 +5,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fiber import Fiber, gated_fiber, layout
+from .fiber import Fiber, edge_positions, gated_fiber, layout
 
 __all__ = ["Gate", "gated_fiber"]
 
 
 class Gate(nn.Module):
     """Flat ``gated_fiber(fiber) -> fiber``.  Directions are kept and only rescaled by invariant
-    factors, so it commutes with rotations and reflections and works in any frame."""
+    factors, so it commutes with rotations and reflections and works in any frame
+    (``order_major``: the edge-frame layout of the SO(2) path)."""
 
-    def __init__(self, fiber: Fiber):
+    def __init__(self, fiber: Fiber, order_major: bool = False):
         super().__init__()
         self.fiber = tuple(fiber)
         self.num_gates = sum(fiber[1:])
         lay = layout(self.fiber)
-        self.register_buffer("gate_of", lay.channel_index[fiber[0] :] - fiber[0], persistent=False)
+        tail = edge_positions(self.fiber, order_major)[fiber[0] :]
+        self.register_buffer("gate_of", lay.channel_index[tail] - fiber[0], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         c0, g = self.fiber[0], self.num_gates

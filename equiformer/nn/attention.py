@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .activation import Gate
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
-from .fiber import Fiber, gated_fiber, layout
+from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
 from .linear import EquivariantLinear
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
@@ -47,6 +47,8 @@ def _head_indices(heads: Fiber, dim_head: Fiber, single_headed: bool) -> tuple[T
 class _GraphAttention(nn.Module):
     """Shared plumbing: prenorm, softmax over neighbours, aggregation, head gates, output."""
 
+    uses_receiver_in_messages = True
+
     def __init__(
         self,
         fiber: Fiber,
@@ -70,7 +72,7 @@ class _GraphAttention(nn.Module):
         self.norm = EquivariantLayerNorm(fiber)
         self.radial = nn.Linear(edge_attr_dim, sum(fiber))  # head on the shared radial trunk
         self.src_proj = EquivariantLinear(fiber, fiber)
-        self.dst_proj = EquivariantLinear(fiber, fiber, bias=False)
+        self.dst_proj = EquivariantLinear(fiber, fiber, bias=False) if self.uses_receiver_in_messages else None
         self.head_gates = nn.Linear(fiber[0], sum(heads)) if gate_attn_head_outputs else None
         self.linear_attn = (
             GlobalLinearAttention(fiber[0], num_linear_attn_heads, linear_attn_dim_head)
@@ -86,8 +88,11 @@ class _GraphAttention(nn.Module):
         self.register_buffer("value_source", source, persistent=False)
 
     def edge_input(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
-        """Equiformer's message input ``W_s x_j + W_d x_i``, rotated into the edge frame: (E, F)."""
-        msg = self.src_proj(x).index_select(0, geometry.src) + self.dst_proj(x).index_select(0, geometry.dst)
+        """Equiformer's message input ``W_s x_j + W_d x_i`` (only ``W_s x_j`` when the receiver
+        enters through a query instead), rotated into the edge frame: (E, F)."""
+        msg = self.src_proj(x).index_select(0, geometry.src)
+        if self.dst_proj is not None:
+            msg = msg + self.dst_proj(x).index_select(0, geometry.dst)
         return geometry.rotate(msg, self.fiber)
 
     def messages(self, x: Tensor, geometry: EdgeGeometry):
@@ -131,26 +136,34 @@ class MLPAttention(_GraphAttention):
         self.conv = EdgeConvolution(self.fiber, self.mid_fiber, **self.conv_kwargs)
         self.to_logits = nn.Linear(self.attn_hidden, sum(self.heads), bias=False)
         self.leaky_slope = attn_leakyrelu_slope
+        # the gate commutes with rotations: on edges it runs in the edge frame (and its layout)
+        tp = self.conv_kwargs["tensor_product"]
+        self.edge_gate = Gate(self.value_fiber, order_major=edge_order_major(self.value_fiber, tp))
         self.gate = Gate(self.value_fiber)
         if self.attend_self:
             self.self_in = EquivariantLinear(self.fiber, self.mid_fiber)
 
-    def _split(self, mid: Tensor) -> tuple[Tensor, Tensor]:
+    def _split(self, mid: Tensor, gate: Gate) -> tuple[Tensor, Tensor]:
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
-        return self.to_logits(F.leaky_relu(hidden, self.leaky_slope)), self.gate(values)
+        return self.to_logits(F.leaky_relu(hidden, self.leaky_slope)), gate(values)
 
     def messages(self, x: Tensor, geometry: EdgeGeometry):
         mid = self.conv(self.edge_input(x, geometry), geometry, self.radial(geometry.edge_attr))
-        logits, values = self._split(mid)  # the gate commutes with rotations: apply it in the edge frame
+        logits, values = self._split(mid, self.edge_gate)
         values = geometry.rotate(values, self.value_fiber, inverse=True)
         if not self.attend_self:
             return logits, values, None, None
-        self_logits, self_values = self._split(self.self_in(x))
+        self_logits, self_values = self._split(self.self_in(x), self.gate)
         return logits, values, self_logits, self_values
 
 
 class L2DistanceAttention(_GraphAttention):
-    """logit = -scale_l * sqrt(||q_i - k_ij||^2 + eps) per head, over all its channels and components."""
+    """logit = -scale_l * sqrt(||q_i - k_ij||^2 + eps) per head, over all its channels and components.
+
+    Keys and values depend on the neighbour and the edge; the receiver enters through its query.
+    """
+
+    uses_receiver_in_messages = False
 
     def __init__(self, *args, eps: float = 1e-8, **kwargs):
         super().__init__(*args, **kwargs)
@@ -161,18 +174,25 @@ class L2DistanceAttention(_GraphAttention):
         if self.attend_self:
             self.self_k = EquivariantLinear(self.fiber, self.value_fiber)
             self.self_v = EquivariantLinear(self.fiber, self.value_fiber)
-        # sums squared differences per head (a 0/1 matrix), with 1/sqrt(dim_head) temperatures
+        # sums squared differences per head (a 0/1 matrix), with 1/sqrt(dim_head) temperatures;
+        # a copy of each map for the edge-frame layouts, where keys and rotated queries meet
         scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)])
         head_sum = torch.zeros(len(self.head_of), len(scale))
         head_sum[torch.arange(len(self.head_of)), self.head_of] = 1.0
-        self.register_buffer("head_scale", scale.to(torch.get_default_dtype()), persistent=False)
-        self.register_buffer("head_sum", head_sum.to(torch.get_default_dtype()), persistent=False)
+        tp = self.conv_kwargs["tensor_product"]
+        head_edge = edge_positions(self.head_fiber, edge_order_major(self.head_fiber, tp))
+        value_edge = edge_positions(self.value_fiber, edge_order_major(self.value_fiber, tp))
+        dtype = torch.get_default_dtype()
+        self.register_buffer("head_scale", scale.to(dtype), persistent=False)
+        self.register_buffer("head_sum", head_sum.to(dtype), persistent=False)
+        self.register_buffer("edge_head_sum", head_sum[head_edge].to(dtype), persistent=False)
+        self.register_buffer("edge_value_source", torch.argsort(value_edge)[self.value_source[head_edge]], persistent=False)
 
-    def _logits(self, q: Tensor, k: Tensor) -> Tensor:
+    def _logits(self, q: Tensor, k: Tensor, edge_frame: bool) -> Tensor:
         if self.single_headed_kv:
-            k = k.index_select(1, self.value_source)
+            k = k.index_select(1, self.edge_value_source if edge_frame else self.value_source)
         diff = q - k  # (R, F_heads)
-        sq = (diff * diff) @ self.head_sum.to(diff.dtype)  # (R, sum H)
+        sq = (diff * diff) @ (self.edge_head_sum if edge_frame else self.head_sum).to(diff.dtype)  # (R, sum H)
         return -self.head_scale.to(q.dtype) * torch.sqrt(sq + self.eps)
 
     def messages(self, x: Tensor, geometry: EdgeGeometry):
@@ -180,8 +200,8 @@ class L2DistanceAttention(_GraphAttention):
         x_edge = self.edge_input(x, geometry)
         k, v = EdgeConvolution.apply_all([self.conv_k, self.conv_v], x_edge, geometry, self.radial(geometry.edge_attr))
         # compare in the edge frame (distances are invariant); only values go back
-        logits = self._logits(geometry.rotate(q.index_select(0, geometry.dst), self.head_fiber), k)
+        logits = self._logits(geometry.rotate(q.index_select(0, geometry.dst), self.head_fiber), k, edge_frame=True)
         values = geometry.rotate(v, self.value_fiber, inverse=True)
         if not self.attend_self:
             return logits, values, None, None
-        return logits, values, self._logits(q, self.self_k(x)), self.self_v(x)
+        return logits, values, self._logits(q, self.self_k(x), edge_frame=False), self.self_v(x)

@@ -38,7 +38,10 @@ class EdgeConvolution(nn.Module):
         """Several SO(2) convolutions of the same input share its scaled, re-laid-out copy
         (and, when dense, one GEMM)."""
         inner = [c.inner for c in convs]
-        same = all(isinstance(c, SO2Convolution) and c.dense == inner[0].dense and c.fiber_in == inner[0].fiber_in for c in inner)
+        same = all(
+            isinstance(c, SO2Convolution) and (c.dense, c.fiber_in, c.mmax) == (inner[0].dense, inner[0].fiber_in, inner[0].mmax)
+            for c in inner
+        )
         if not same:
             return [c(x, geometry, scale) for c in convs]
         h = inner[0].prepare(x, scale)
@@ -47,16 +50,13 @@ class EdgeConvolution(nn.Module):
             outs = list((h @ weight).split([c.out_inverse.numel() for c in inner], dim=1))
         else:
             # one GEMM per order for all convolutions: their weights side by side
-            first = inner[0]
-            blocks = h.split([first.in_sizes[0]] + [2 * k for k in first.in_sizes[1:]], dim=1)
             per_conv = [c.order_weights() for c in inner]
             results = [[] for _ in inner]
-            for m, block in enumerate(blocks):
+            for m, block in enumerate(inner[0].order_blocks(h)):
                 widths = [w[m].shape[1] for w in per_conv]
                 for i, part in enumerate((block @ torch.cat([w[m] for w in per_conv], 1)).split(widths, dim=1)):
                     results[i].append(part)
-            zero_col = h.new_zeros(h.shape[0], 1)
-            outs = [torch.cat([*r, zero_col], dim=-1).index_select(1, c.out_inverse) for r, c in zip(results, inner)]
+            outs = [c.assemble(r) for r, c in zip(results, inner)]
         zero = geometry.zero_length
         if zero.numel():
             rows, row_scale = x.index_select(0, zero), None if scale is None else scale.index_select(0, zero)

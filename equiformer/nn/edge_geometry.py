@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..so3 import block_diagonal, edge_to_axis_rotation, spherical_harmonics, wigner_D
-from .fiber import Fiber, layout
+from .fiber import Fiber, edge_order_major, layout
 
 TENSOR_PRODUCTS = ("so2", "cg")
 
@@ -74,32 +74,43 @@ class EdgeGeometry:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
         return EdgeGeometry(dst, src, num_nodes, node_graph, num_graphs, weight, edge_attr, zero_length, wigner, sh)
 
-    def _rotation_block(self, start: int, stop: int) -> Tensor:
-        """Block-diagonal Wigner matrices for degrees ``start..stop-1``, built once per forward."""
-        key = (start, stop)
+    @property
+    def tensor_product(self) -> str:
+        return "so2" if self.wigner is not None else "cg"
+
+    def _rotation_block(self, start: int, stop: int, row_order: Tensor | None = None) -> Tensor:
+        """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
+        to the order-major layout), built once per forward."""
+        key = (start, stop, row_order is not None)
         if key not in self._blocks:
             blocks = self.wigner[start:stop]
-            self._blocks[key] = blocks[0] if len(blocks) == 1 else block_diagonal(blocks)
+            d = blocks[0] if len(blocks) == 1 else block_diagonal(blocks)
+            if row_order is not None:
+                d = d.index_select(1, row_order.to(d.device))
+            self._blocks[key] = d
         return self._blocks[key]
 
     def rotate(self, x: Tensor, fiber: Fiber, inverse: bool = False) -> Tensor:
         """Flat features into the edge frame (``inverse``: back to the global frame).
 
         Degree 0 is untouched; each run of degrees with equal channel counts is one batched
-        matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.
+        matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.  When
+        all degrees >= 1 share a channel count the rows come out (and go back in) order-major,
+        the layout the SO(2) convolution works in (see ``fiber.edge_order_major``).
         """
-        if self.wigner is None:
+        if self.wigner is None or len(fiber) == 1:
             return x
         lay = layout(fiber)
-        if len(fiber) == 1:
-            return x
         edges = x.shape[0]
-        groups = lay.rotation_groups
+        if edge_order_major(fiber, "so2"):
+            groups, row_order = [(1, len(fiber))], lay.row_order
+        else:
+            groups, row_order = lay.rotation_groups, None
         sizes = [fiber[0]] + [lay.offsets[stop] - lay.offsets[start] for start, stop in groups]
         pieces = x.split(sizes, dim=1)
         parts = [pieces[0]]
         for (start, stop), block, size in zip(groups, pieces[1:], sizes[1:]):
-            d = self._rotation_block(start, stop)  # (E, R, R)
+            d = self._rotation_block(start, stop, row_order)  # (E, R, R)
             if inverse:
                 d = d.transpose(-1, -2)
             parts.append((d @ block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))

@@ -58,6 +58,21 @@ class FiberLayout:
                 self.rotation_groups.append((l, l + 1))
 
         self.block_sizes = [(2 * l + 1) * c for l, c in enumerate(fiber)]
+        # order-major layout (used in the edge frame of the SO(2) path when every degree >= 1 has
+        # the same channel count): [m=0: all degrees | m=+1: l>=1 | m=-1: l>=1 | m=+2: l>=2 | ...]
+        self.uniform_tail = len(set(fiber[1:])) <= 1
+        order = []
+        for m in range(len(fiber)):
+            for sign in (1, -1) if m else (1,):
+                for l in range(m, len(fiber)):
+                    start = self.offsets[l] + (l + sign * m) * fiber[l]
+                    order.extend(range(start, start + fiber[l]))
+        self.order_index = torch.tensor(order)  # (F,) order-major slot -> degree-major position
+        self.order_inverse = torch.argsort(self.order_index)  # degree-major position -> slot
+        # the same permutation on the rows (l, m), l >= 1, of the rotation group
+        rows = [(l, m) for l in range(1, len(fiber)) for m in range(-l, l + 1)]
+        order_rows = [(l, s * m) for m in range(len(fiber)) for s in ((1, -1) if m else (1,)) for l in range(max(m, 1), len(fiber))]
+        self.row_order = torch.tensor([rows.index(r) for r in order_rows], dtype=torch.long)
 
     def split(self, x: Tensor) -> list[Tensor]:
         """Every degree as a ``(N, 2l+1, C_l)`` view.  ``torch.split`` rather than slicing: its
@@ -72,6 +87,19 @@ class FiberLayout:
 @lru_cache(maxsize=None)
 def layout(fiber: Fiber) -> FiberLayout:
     return FiberLayout(tuple(fiber))
+
+
+def edge_order_major(fiber: Fiber, tensor_product: str) -> bool:
+    """Whether edge-frame features of ``fiber`` are kept order-major (SO(2) path, equal channel
+    counts for l >= 1): the rotation then emits exactly the blocks the per-order GEMMs consume,
+    and no gathers are needed around the convolution."""
+    return tensor_product == "so2" and layout(tuple(fiber)).uniform_tail
+
+
+def edge_positions(fiber: Fiber, order_major: bool) -> Tensor:
+    """Degree-major position of every position of the edge-frame layout."""
+    lay = layout(tuple(fiber))
+    return lay.order_index if order_major else torch.arange(lay.size)
 
 
 def gated_fiber(fiber: Fiber) -> Fiber:

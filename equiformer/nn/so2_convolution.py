@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .fiber import Fiber, layout
+from .fiber import Fiber, edge_order_major, layout
 
 
 def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
@@ -45,7 +45,8 @@ def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
 class SO2Convolution(nn.Module):
     """Equivariant linear map of edge-frame features, flat ``fiber_in -> fiber_out``.
 
-    ``forward(x, scale, zero_length)``: ``x`` is ``(E, F_in)`` in the edge frame, ``scale`` an
+    ``forward(x, scale, zero_length)``: ``x`` is ``(E, F_in)`` in the edge frame (in the layout
+    ``EdgeGeometry.rotate`` produces: order-major when ``fiber.edge_order_major``), ``scale`` an
     optional ``(E, sum_l C_in_l)`` factor for every input (degree, channel), e.g. from a radial
     network.  Rows listed in ``zero_length`` (edges without a direction) get the rotation average
     of the map, which is what the Clebsch-Gordan path computes there.
@@ -80,14 +81,26 @@ class SO2Convolution(nn.Module):
         # gathers only while it does less than ~2.7x the exact flops
         self.dense = dense if dense is not None else lay_in.size * lay_out.size <= 2.7 * exact
 
+        # edge-frame layouts: order-major (no gathers needed) or degree-major (gather to order)
+        self.in_order_major = edge_order_major(self.fiber_in, "so2")
+        self.out_order_major = edge_order_major(self.fiber_out, "so2")
+        in_pos = torch.arange(len(in_index)) if self.in_order_major else torch.tensor(in_index)
+        out_pos = torch.arange(len(out_index)) if self.out_order_major else torch.tensor(out_index)
+        in_edge = lay_in.order_index if self.in_order_major else torch.arange(lay_in.size)
+        out_edge = lay_out.order_index if self.out_order_major else torch.arange(lay_out.size)
         self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
-        self.register_buffer("scale_index", lay_in.channel_index, persistent=False)
+        self.register_buffer("scale_index", lay_in.channel_index[in_edge], persistent=False)
         self.register_buffer("order_scale_index", lay_in.channel_index[torch.tensor(in_index)], persistent=False)
         # inverse of the output layout; components of order > mmax point at an extra zero column
         inverse = torch.full((lay_out.size,), len(out_index), dtype=torch.long)
         inverse[torch.tensor(out_index)] = torch.arange(len(out_index))
         self.register_buffer("out_inverse", inverse, persistent=False)
-        self.register_buffer("dense_target", self._dense_targets(in_index, out_index, lay_out.size), persistent=False)
+        # edge layout <-> degree-major, for the few rows handled without a frame
+        self.register_buffer("in_to_degree", lay_in.order_inverse if self.in_order_major else torch.arange(lay_in.size), persistent=False)
+        self.register_buffer("degree_to_out", out_edge, persistent=False)
+        # [[1, 0], [0, 1]] (x) W1 + [[0, 1], [-1, 0]] (x) W2: complex multiplication by W1 + i W2
+        self.register_buffer("_complex_basis", torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [-1.0, 0.0]]]), persistent=False)
+        self.register_buffer("dense_target", self._dense_targets(in_pos.tolist(), out_pos.tolist(), lay_out.size), persistent=False)
 
     def _dense_targets(self, in_index: list[int], out_index: list[int], f_out: int) -> Tensor:
         """Flat position in the dense ``(F_in, F_out)`` matrix of every entry of ``_values()``."""
@@ -131,18 +144,31 @@ class SO2Convolution(nn.Module):
     def prepare(self, x: Tensor, scale: Tensor | None) -> Tensor:
         """Scaled input in the layout this convolution multiplies (shareable by convolutions of
         the same input fiber and execution mode)."""
-        if self.dense:
+        if self.dense or self.in_order_major:
             return x if scale is None else x * scale.index_select(1, self.scale_index)
         h = x.index_select(1, self.in_index)  # (E, K_0 + 2 sum_m K_m), order-major
         return h if scale is None else h * scale.index_select(1, self.order_scale_index)
 
+    def order_blocks(self, h: Tensor) -> list[Tensor]:
+        """The ``[x_+m | x_-m]`` blocks of a prepared input, m = 0..mmax."""
+        sizes = [self.in_sizes[0]] + [2 * k for k in self.in_sizes[1:]]
+        rest = h.shape[1] - sum(sizes)  # orders above mmax (input has more degrees than output)
+        return list(h.split(sizes + [rest] if rest else sizes, dim=1))[: len(sizes)]
+
+    def assemble(self, outputs: list[Tensor]) -> Tensor:
+        """Per-order outputs -> the edge layout of the output fiber."""
+        edges = outputs[0].shape[0]
+        if self.out_order_major:
+            missing = layout(self.fiber_out).size - sum(o.shape[1] for o in outputs)
+            return torch.cat(outputs + [outputs[0].new_zeros(edges, missing)] if missing else outputs, dim=-1)
+        outputs = outputs + [outputs[0].new_zeros(edges, 1)]  # target of components with m > mmax
+        return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
+
     def apply_prepared(self, h: Tensor) -> Tensor:
         if self.dense:
             return h @ self.dense_weight()  # (E, F_out)
-        blocks = h.split([self.in_sizes[0]] + [2 * k for k in self.in_sizes[1:]], dim=1)
-        outputs = [block @ w for block, w in zip(blocks, self.order_weights())]  # one GEMM per order
-        outputs.append(h.new_zeros(h.shape[0], 1))  # target of components with m > mmax
-        return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
+        blocks = self.order_blocks(h)
+        return self.assemble([block @ w for block, w in zip(blocks, self.order_weights())])  # one GEMM per order
 
     def forward(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Tensor:
         out = self.apply_prepared(self.prepare(x, scale))
@@ -155,8 +181,12 @@ class SO2Convolution(nn.Module):
         weights = [self.weight_real[0]]
         for m in range(1, self.mmax + 1):
             w1 = self.weight_real[m]
-            w2 = self.weight_imag[m - 1] if not self.reflection else torch.zeros_like(w1)
-            weights.append(torch.cat([torch.cat([w1, w2], 1), torch.cat([-w2, w1], 1)], 0))  # (2K, 2K')
+            k, k_out = w1.shape
+            if self.reflection:
+                weights.append(torch.block_diag(w1, w1))
+                continue
+            pair = torch.stack([w1, self.weight_imag[m - 1]])  # (2, K, K')
+            weights.append(torch.einsum("sab,skl->akbl", self._complex_basis.to(w1.dtype), pair).reshape(2 * k, 2 * k_out))
         return weights
 
     def isotropic_weights(self) -> list[Tensor]:
@@ -173,13 +203,15 @@ class SO2Convolution(nn.Module):
         return weights
 
     def _isotropic(self, x: Tensor, scale: Tensor | None) -> Tensor:
-        """Rows without a direction (their frame is the identity): degree-wise averaged map."""
+        """Rows without a direction (their frame is the identity): degree-wise averaged map.
+        ``x`` in the edge layout; the result too."""
         lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
         if scale is not None:
             x = x * scale.index_select(1, self.scale_index)
+        x = x.index_select(1, self.in_to_degree)  # edge layout -> degree-major
         degrees = lay_in.split(x)
         parts = []
         for l, w in enumerate(self.isotropic_weights()):
             parts.append((degrees[l] @ w).reshape(x.shape[0], -1))
         parts.append(x.new_zeros(x.shape[0], lay_out.size - lay_out.offsets[self.mmax + 1]))
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1).index_select(1, self.degree_to_out)  # degree-major -> edge layout

@@ -7,6 +7,7 @@ of one) everything here degrades to no-ops, so the training code has a single pa
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -58,13 +59,18 @@ def shutdown(ctx: DistContext) -> None:
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
     """DistributedDataParallel averages gradients across ranks during ``backward``.
 
-    Buffers are not broadcast: the model's buffers are constant index tables, identical on
-    every rank, and re-sending them before each forward pass would only cost time.
+    Buffers are not re-sent before each forward pass: the model's buffers are constant index
+    tables, identical on every rank. (torch 2.13 renamed ``broadcast_buffers`` to
+    ``forward_sync_buffers``; older versions know only the first.)
     """
     if not ctx.enabled:
         return model
+    ddp = nn.parallel.DistributedDataParallel
+    flag = "forward_sync_buffers"
+    if flag not in inspect.signature(ddp).parameters:
+        flag = "broadcast_buffers"
     device_ids = [device] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return ddp(model, device_ids=device_ids, **{flag: False})
 
 
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

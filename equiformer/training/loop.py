@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .data import BatchOrder, NoisyBatch, make_batch
 from .distributed import DistContext, all_reduce_sum, barrier
 from .interrupt import StopRequest
-from .metrics import CURVES_NAME, MetricsLog, plot_curves
+from .metrics import CURVES_NAME, MetricsLog
 from .objective import denoise, squared_deviation
 from .validation import ValidationResult, evaluate, write_example
 
@@ -119,7 +119,7 @@ def validate(session: Session) -> ValidationResult:
         session.metrics.write(kind="val", step=session.step, rmsd_noisy=result.rmsd_noisy,
                               rmsd_denoised=result.rmsd_denoised, chains=result.chains)
         write_example(result, session.out)
-        plot_curves(session.metrics.records, session.out / CURVES_NAME)
+        session.metrics.plot(session.out / CURVES_NAME)
         session.say(f"step {session.step}: validation backbone RMSD noisy "
                     f"{result.rmsd_noisy:.3f} Å -> denoised {result.rmsd_denoised:.3f} Å "
                     f"({result.chains} chains)")

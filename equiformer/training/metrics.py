@@ -37,6 +37,7 @@ class MetricsLog:
         self.path = folder / METRICS_NAME
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
+        self._plotted: tuple[int, int] | None = None
         if not enabled:
             return
         if resume_step is not None:
@@ -54,6 +55,13 @@ class MetricsLog:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") == kind]
 
+    def plot(self, path: Path) -> None:
+        """``plot_curves`` of the records, unless what it shows is unchanged since the last call (~1 s)."""
+        key = (len(self.of_kind("train")), len(self.of_kind("val")))
+        if self.enabled and key != self._plotted:
+            plot_curves(self.records, path)
+            self._plotted = key
+
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
     """Training loss and validation RMSD against step, side by side, as a PNG.
@@ -66,12 +74,12 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
 
     train = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
     val = [r for r in records if r.get("kind") == "val"]
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(10, 4))
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.91, wspace=0.28)
     FigureCanvasAgg(figure)
     loss_axes, rmsd_axes = figure.subplots(1, 2)
     loss_axes.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
-    loss_axes.set(xlabel="step", ylabel="training loss (mean squared deviation, Å²)",
-                  title="training loss")
+    loss_axes.set(xlabel="step", ylabel="mean squared deviation (Å²)", title="training loss")
     if train and min(r["loss"] for r in train) > 0:
         loss_axes.set_yscale("log")
     steps = [r["step"] for r in val]

@@ -55,6 +55,20 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def bf16_problem(model: nn.Module, example: NoisyBatch) -> str | None:
+    """Why ``model`` cannot run under bf16 autocast (one forward pass), or None if it can.
+
+    ``--precision auto`` asks this before choosing bf16, so that a model with an operation
+    autocast cannot handle falls back to fp32 instead of failing at the first step.
+    """
+    try:
+        with torch.no_grad():
+            denoise(model, example, 1.0, "bf16")
+    except RuntimeError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 def denoise(model: nn.Module, example: NoisyBatch, noise: float, precision: str) -> Tensor:
     """Denoised coordinates (b, n, 3) in the dtype of the inputs, whatever the autocast."""
     batch = example.batch

@@ -6,19 +6,18 @@ use from Python and tests.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng
 from .config import ConfigError, SetupError, TrainConfig, parse_args, resolve, resolve_resume
-from .data import BatchOrder, fingerprint, load_backbones, split
+from .data import BatchOrder, fingerprint, load_backbones, make_batch, split
 from .distributed import (
     DistContext,
     context_from_env,
@@ -30,8 +29,8 @@ from .distributed import (
 from .files import atomic_path, remove_stale_temporaries
 from .interrupt import StopRequest
 from .loop import Session, fit
-from .metrics import CURVES_NAME, MetricsLog, plot_curves
-from .objective import build_model
+from .metrics import CURVES_NAME, MetricsLog
+from .objective import bf16_problem, build_model
 from .optim import build_optimizer, build_scheduler
 from .validation import build_validation_set
 
@@ -68,19 +67,20 @@ def train(explicit: dict[str, Any]) -> int:
             )
     device = pick_device(config.device, ctx)
     precision = pick_precision(config.precision, device)
+    threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     init_process_group(ctx, device)
     try:
-        with deterministic_on_cpu(device):
-            session = build_session(config, ctx, device, precision, checkpoint)
-            with StopRequest() as stop:
-                status = fit(session, stop)
-            return report(session, status)
+        session = build_session(config, ctx, device, precision, checkpoint)
+        with StopRequest() as stop:
+            status = fit(session, stop)
+        return report(session, status)
     finally:
         shutdown(ctx)
+        torch.set_num_threads(threads)
 
 
 def pick_device(name: str, ctx: DistContext) -> torch.device:
@@ -103,27 +103,13 @@ def pick_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-@contextlib.contextmanager
-def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels on the CPU, where they cost nothing; the previous mode is restored.
-
-    With the same thread count, a CPU run then repeats bit for bit, which is what makes
-    "interrupted and resumed" equal to "uninterrupted".
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-
-
 def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and Python; the initial weights come from torch's."""
+    """Seed torch (CPU and CUDA), numpy and Python; the initial weights come from torch's.
+
+    Nothing else is needed for bitwise-repeatable CPU runs: torch's CPU kernels are
+    deterministic for a fixed thread count (``torch.use_deterministic_algorithms`` only changes
+    CUDA kernels, and importing it costs seconds). CUDA runs are repeatable only up to rounding.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -145,6 +131,14 @@ def build_session(
     optimizer = build_optimizer(module, config)
     scheduler = build_scheduler(optimizer, config)
     order = BatchOrder(len(train_chains), config.seed)
+    if config.precision == "auto" and precision == "bf16":
+        probe = make_batch(train_chains[:1], [0], config.crop, config.noise, dtype).to(device)
+        problem = bf16_problem(module, probe)
+        if problem is not None:
+            precision = "fp32"
+            if ctx.is_main:
+                print(f"warning: the model does not run under bf16 autocast ({problem}); "
+                      "training in fp32", file=sys.stderr)
     out = Path(config.out)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +199,7 @@ def report(session: Session, status: str) -> int:
     if session.ctx.is_main:
         session.metrics.write(kind="end", step=session.step, status=status,
                               param_digests=digests, elapsed_s=session.elapsed)
-        plot_curves(session.metrics.records, session.out / CURVES_NAME)
+        session.metrics.plot(session.out / CURVES_NAME)
     if status == "interrupted":
         session.say(f"interrupted at step {session.step} of {config.steps}; checkpoint saved. "
                     f"Continue with: denoise.py --out {config.out} --resume")
