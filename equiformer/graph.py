@@ -171,10 +171,13 @@ def build_graph(
     max_hops: int | None = None,
     max_sparse_neighbors: float = INF,
     adjacency_edges: bool = True,
+    adjacency: tuple[Tensor, Tensor] | None = None,
 ) -> Graph:
     """Edges of a padded batch: adjacency pairs (within ``max_hops``, capped) plus nearest
-    neighbours by distance; every edge is labelled with its hop count when ``adj_mat`` is given.
+    neighbours by distance; every edge is labelled with its hop count when an adjacency is given.
 
+    The adjacency comes either dense, ``adj_mat`` ``(b, n, n)``, or as padded-flat
+    ``(dst, src)`` pairs in ``adjacency`` (self pairs and padding already removed).
     ``adjacency_edges=False`` uses the adjacency only to label the distance-selected edges.
     ``num_neighbors = 0`` with adjacency edges gives the adjacency alone.
     """
@@ -185,7 +188,9 @@ def build_graph(
     exclude = None
     keys = hops = None
     if adj_mat is not None:
-        adj_dst, adj_src = adjacency_pairs(adj_mat, mask)
+        adjacency = adjacency_pairs(adj_mat, mask)
+    if adjacency is not None:
+        adj_dst, adj_src = adjacency
         adj_dst, adj_src, adj_hop = expand_hops(adj_dst, adj_src, size, max_hops or 1)
         keys, order = torch.sort(_pair_key(adj_dst, adj_src, size))
         hops = adj_hop[order]
@@ -204,7 +209,7 @@ def build_graph(
         by_distance.append(torch.ones_like(dst, dtype=torch.bool))
     if not dst_parts:
         empty = torch.zeros(0, dtype=torch.long, device=device)
-        return Graph(empty, empty, None if adj_mat is None else empty, torch.zeros(0, dtype=torch.bool, device=device))
+        return Graph(empty, empty, None if adjacency is None else empty, torch.zeros(0, dtype=torch.bool, device=device))
     dst, src = torch.cat(dst_parts), torch.cat(src_parts)
     order = torch.argsort(_pair_key(dst, src, size))
     dst, src = dst[order], src[order]

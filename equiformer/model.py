@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .graph import INF, build_graph
+from .graph import INF, adjacency_pairs, build_graph
 from .nn.attention import L2DistanceAttention, MLPAttention
 from .nn.edge_geometry import TENSOR_PRODUCTS, EdgeGeometry, edge_vectors
 from .nn.feedforward import FeedForward
@@ -22,6 +22,7 @@ from .nn.linear import EquivariantLinear
 from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
+from .packing import padded_slots, sparse_edge_lookup, sparse_pairs
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -220,13 +221,12 @@ class Equiformer(nn.Module):
                 raise ValueError(f"degree-{l} inputs must have shape {expected}, got {tuple(feats[l].shape)}")
         return feats
 
-    def _edge_scalars(self, dist: Tensor, graph, edges: Tensor | None, b: int, n: int) -> Tensor:
+    def _edge_scalars(self, dist: Tensor, graph, edge_lookup) -> Tensor:
         parts = [self.distance_basis(dist)]  # (E, K)
         if self.edge_dim:
-            if edges is None:
+            if edge_lookup is None:
                 raise ValueError("this model has edge embeddings (edge_dim): pass edges=(b, n, n) ids or (b, n, n, edge_dim) features")
-            flat = edges.reshape(b * n, n, *edges.shape[3:])
-            picked = flat[graph.dst, graph.src % n]
+            picked = edge_lookup(graph.dst, graph.src)  # (E,) ids or (E, edge_dim)
             parts.append(self.edge_emb(picked) if self.edge_emb is not None else picked.to(dist.dtype))
         if self.num_adj_degrees_embed:
             hop = graph.hop if graph.hop is not None else torch.zeros_like(graph.dst)
@@ -259,18 +259,93 @@ class Equiformer(nn.Module):
         if needs_adjacency and adj_mat is None:
             raise ValueError("adj_mat (n, n) or (b, n, n) is required with attend_sparse_neighbors or num_adj_degrees_embed")
 
+        node_ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
+        x = self._pack_features(feats, node_ids, b * n)
+        adjacency = adjacency_pairs(adj_mat, mask) if needs_adjacency else None
+        edge_lookup = None
+        if edges is not None:
+            flat_edges = edges.reshape(b * n, n, *edges.shape[3:])
+            edge_lookup = lambda dst, src: flat_edges[dst, src % n]  # noqa: E731
+        x = self._run(x, coors, mask, node_ids, adjacency, edge_lookup)
+        return Return(self._unpack(x, node_ids, mask, return_pooled))
+
+    def forward_packed(
+        self,
+        inputs: Tensor | dict,
+        coors: Tensor,
+        graph_index: Tensor | None = None,
+        adjacency: Tensor | None = None,
+        edge_index: Tensor | None = None,
+        edge_attr: Tensor | None = None,
+    ) -> Return:
+        """Many graphs of different sizes in one call, without padding.
+
+        ``inputs``: token ids ``(N,)``, features ``(N, d0)``, or ``{0: (N, d0), l: (N, d_l, 2l+1)}``;
+        ``coors``: ``(N, 3)``; ``graph_index``: ``(N,)`` graph of every node (default: one graph),
+        node order within a graph as given.  ``adjacency``: ``(2, A)`` node pairs ``(i, j)``
+        meaning "``j`` is a neighbour of ``i``" (the sparse ``adj_mat``).  ``edge_index`` /
+        ``edge_attr``: the sparse ``edges`` argument: pairs ``(i, j)`` and their edge-token ids
+        ``(P,)`` or features ``(P, edge_dim)``; pairs not listed get token 0 / zero features.
+        Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent.
+        """
+        n_nodes = coors.shape[0]
+        if coors.ndim != 2 or coors.shape[-1] != 3:
+            raise ValueError(f"coors must have shape (nodes, 3) in forward_packed, got {tuple(coors.shape)}")
+        if graph_index is None:
+            graph_index = torch.zeros(n_nodes, dtype=torch.long, device=coors.device)
+        if graph_index.shape != (n_nodes,):
+            raise ValueError(f"graph_index must have shape ({n_nodes},), got {tuple(graph_index.shape)}")
+        node_ids, b, n = padded_slots(graph_index)
+        size = b * n
+        mask = torch.zeros(size, dtype=torch.bool, device=coors.device).index_fill(0, node_ids, True).view(b, n)
+        padded_coors = coors.new_zeros(size, 3).index_copy(0, node_ids, coors).view(b, n, 3)
+        feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
+        padded = {}
+        for l, t in feats.items():
+            padded[l] = t.new_zeros(size, *t.shape[1:]).index_copy(0, node_ids, t).view(b, n, *t.shape[1:])
+        feats = self._input_features(padded if isinstance(inputs, dict) else padded[0], b, n)
+        x = self._pack_features(feats, node_ids, size)
+        needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
+        pairs = None
+        if needs_adjacency:
+            if adjacency is None:
+                raise ValueError("adjacency (2, A) is required with attend_sparse_neighbors or num_adj_degrees_embed")
+            pairs = sparse_pairs(adjacency, node_ids, graph_index)
+        edge_lookup = None
+        if edge_index is not None:
+            edge_lookup = sparse_edge_lookup(edge_index, edge_attr, node_ids, graph_index, size)
+        x = self._run(x, padded_coors, mask, node_ids, pairs, edge_lookup)
+        out = {}
+        fiber = (1,) * self.num_degrees if self.head is not None else self.dim
+        for l, t in enumerate(layout(fiber).split(x)):  # (N, 2l+1, C)
+            t = t.transpose(-1, -2)
+            if l == 0:
+                t = t[..., 0]
+            if self.reduce_dim_out:
+                t = t.squeeze(-1) if l == 0 else t.squeeze(-2)
+            out[l] = t
+        return Return(out)
+
+    def _pack_features(self, feats: dict[int, Tensor], node_ids: Tensor, size: int) -> Tensor:
+        """Padded per-degree inputs -> flat ``(N, F_in)`` features of the real nodes."""
+        parts = [feats[0].reshape(size, -1).index_select(0, node_ids)]  # (N, d0)
+        for l in range(1, self.input_degrees):
+            parts.append(feats[l].transpose(-1, -2).reshape(size, -1).index_select(0, node_ids))  # (N, (2l+1) d_l)
+        return torch.cat(parts, dim=-1)
+
+    def _run(self, x: Tensor, coors: Tensor, mask: Tensor, node_ids: Tensor, adjacency, edge_lookup) -> Tensor:
+        """The network on packed nodes; neighbour search on the padded coordinates."""
+        b, n, _ = coors.shape
         graph = build_graph(
             coors,
             mask,
             num_neighbors=self.num_neighbors,
             valid_radius=self.valid_radius,
-            adj_mat=adj_mat if needs_adjacency else None,
+            adjacency=adjacency,
             max_hops=self.num_adj_degrees_embed,
             max_sparse_neighbors=self.max_sparse_neighbors,
             adjacency_edges=self.attend_sparse_neighbors,
         )
-        # pack real nodes
-        node_ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
         lookup = torch.full((b * n,), -1, dtype=torch.long, device=coors.device)
         lookup[node_ids] = torch.arange(node_ids.numel(), device=coors.device)
         pos = coors.reshape(b * n, 3).index_select(0, node_ids)
@@ -285,21 +360,15 @@ class Equiformer(nn.Module):
             node_graph=node_ids // n,
             num_graphs=b,
             weight=weight,
-            edge_attr=self.radial_trunk(self._edge_scalars(dist, graph, edges, b, n)),
+            edge_attr=self.radial_trunk(self._edge_scalars(dist, graph, edge_lookup)),
             lmax=self.num_degrees - 1,
             tensor_product=self.tensor_product,
         )
-        parts = [feats[0].reshape(b * n, -1).index_select(0, node_ids)]  # (N, d0)
-        for l in range(1, self.input_degrees):
-            parts.append(feats[l].transpose(-1, -2).reshape(b * n, -1).index_select(0, node_ids))  # (N, (2l+1) d_l)
-        x = torch.cat(parts, dim=-1).to(pos.dtype)  # flat (N, F_in)
-
+        x = x.to(pos.dtype)
         x = self.input_embedding(x, geometry)
         x = self.blocks(x, geometry)
         x = self.norm(x)
-        if self.head is not None:
-            x = self.head(x)
-        return Return(self._unpack(x, node_ids, mask, return_pooled))
+        return self.head(x) if self.head is not None else x
 
     def _unpack(self, x: Tensor, node_ids: Tensor, mask: Tensor, pooled: bool) -> dict[int, Tensor]:
         b, n = mask.shape

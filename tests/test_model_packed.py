@@ -1,0 +1,83 @@
+"""Packed graphs (nodes concatenated with a graph index) give the padded API's results."""
+import pytest
+import torch
+
+from model_factory import make_model
+
+
+def _padded_and_packed(sizes, n_max, seed=0, dim_in=(5, 3)):
+    g = torch.Generator().manual_seed(seed)
+    b = len(sizes)
+    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    for i, s in enumerate(sizes):
+        mask[i, :s] = True
+    f0 = torch.randn(b, n_max, dim_in[0], dtype=torch.float64, generator=g)
+    f1 = torch.randn(b, n_max, dim_in[1], 3, dtype=torch.float64, generator=g)
+    coors = torch.randn(b, n_max, 3, dtype=torch.float64, generator=g)
+    tokens = torch.randint(1, 3, (b, n_max, n_max), generator=g) * (torch.rand(b, n_max, n_max, generator=g) < 0.3)
+    i = torch.arange(n_max)
+    adj = ((i[:, None] - i[None, :]).abs() == 1)[None].expand(b, n_max, n_max) & mask[:, :, None] & mask[:, None, :]
+    return mask, f0, f1, coors, tokens, adj
+
+
+@pytest.mark.parametrize("attention", ["mlp", "l2"])
+def test_packed_equals_padded(attention):
+    model = make_model(
+        l2_dist_attention=attention == "l2",
+        input_degrees=2,
+        dim_in=(5, 3),
+        num_edge_tokens=3,
+        edge_dim=4,
+        attend_sparse_neighbors=True,
+        num_adj_degrees_embed=2,
+        num_linear_attn_heads=1,
+    )
+    sizes, n_max = [7, 12, 3, 9], 12
+    mask, f0, f1, coors, tokens, adj = _padded_and_packed(sizes, n_max)
+    padded = model({0: f0, 1: f1}, coors, mask, adj_mat=adj, edges=tokens)
+
+    graph_index = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    node_b, node_i = mask.nonzero(as_tuple=True)
+    # shuffle the node order: packing must not depend on it
+    perm = torch.randperm(len(node_b), generator=torch.Generator().manual_seed(3))
+    node_b, node_i, graph_index = node_b[perm], node_i[perm], graph_index[perm]
+    assert torch.equal(graph_index, node_b)
+    packed_id = torch.full((len(sizes), n_max), -1, dtype=torch.long)
+    packed_id[node_b, node_i] = torch.arange(len(node_b))
+    ab, ai, aj = adj.nonzero(as_tuple=True)
+    adjacency = torch.stack([packed_id[ab, ai], packed_id[ab, aj]])
+    eb, ei, ej = tokens.nonzero(as_tuple=True)
+    eb, ei, ej = eb[mask[eb, ei] & mask[eb, ej]], ei[mask[eb, ei] & mask[eb, ej]], ej[mask[eb, ei] & mask[eb, ej]]
+    edge_index = torch.stack([packed_id[eb, ei], packed_id[eb, ej]])
+    packed = model.forward_packed(
+        {0: f0[node_b, node_i], 1: f1[node_b, node_i]},
+        coors[node_b, node_i],
+        graph_index,
+        adjacency=adjacency,
+        edge_index=edge_index,
+        edge_attr=tokens[eb, ei, ej],
+    )
+    for a, p in [(padded.type0, packed.type0), (padded.type1, packed.type1), (padded.type2, packed.type2)]:
+        assert (a[node_b, node_i] - p).abs().max() <= 1e-12
+    assert packed.type1.shape == (sum(sizes), model.dim[1], 3)
+
+
+def test_packed_tokens_and_reduce_dim_out():
+    torch.manual_seed(0)
+    from equiformer import Equiformer
+
+    model = Equiformer(num_tokens=10, dim=8, num_degrees=2, depth=1, heads=2, dim_head=4, reduce_dim_out=True).double()
+    tokens = torch.randint(0, 10, (11,))
+    coors = torch.randn(11, 3, dtype=torch.float64)
+    graph_index = torch.tensor([0] * 5 + [1] * 6)
+    packed = model.forward_packed(tokens, coors, graph_index)
+    assert packed.type0.shape == (11,) and packed.type1.shape == (11, 3)
+    first = model(tokens[None, :5], coors[None, :5])
+    assert (first.type1[0] - packed.type1[:5]).abs().max() <= 1e-12
+
+
+def test_packed_rejects_pairs_across_graphs():
+    model = make_model(attend_sparse_neighbors=True)
+    graph_index = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="adjacency"):
+        model.forward_packed(torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64), graph_index, adjacency=torch.tensor([[0], [2]]))
