@@ -107,6 +107,9 @@ def cap_neighbors(dst: Tensor, hop: Tensor, cap: float) -> Tensor:
     return keep
 
 
+GRID_MIN_NODES = 2048
+
+
 def knn_edges(
     pos: Tensor,
     mask: Tensor,
@@ -118,10 +121,29 @@ def knn_edges(
     """Up to ``num_neighbors`` nearest other real nodes within ``valid_radius`` (inclusive).
 
     ``pos``: ``(B, n, 3)``; ``mask``: ``(B, n)``; ``exclude``: padded-flat ``(dst, src)`` pairs that
-    must not be picked (they are already neighbours through the adjacency).  Rows are processed in
-    chunks of ``chunk_elements / (B n)`` so memory stays linear in ``n`` for fixed ``k``.
+    must not be picked (they are already neighbours through the adjacency).  Large graphs with a
+    finite ``k`` use a cell grid (time and memory O(n k)); otherwise rows are compared with all
+    nodes in chunks of ``chunk_elements / (B n)`` (memory linear in ``n``, time O(n^2)).
+    Both give exactly the same edges.
     """
+    if num_neighbors != INF and pos.shape[1] >= GRID_MIN_NODES:
+        return grid_knn_edges(pos, mask, int(num_neighbors), valid_radius, exclude, chunk_elements)
+    return brute_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
+
+
+def brute_knn_edges(
+    pos: Tensor,
+    mask: Tensor,
+    num_neighbors: float,
+    valid_radius: float,
+    exclude: tuple[Tensor, Tensor] | None = None,
+    chunk_elements: int = 1 << 23,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Exhaustive search (see ``knn_edges``); ``rows``: only these padded-flat query nodes."""
     b, n, _ = pos.shape
+    if rows is not None:
+        return _brute_rows(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements, rows)
     device = pos.device
     pos = pos.detach()
     rows = max(1, chunk_elements // max(1, b * n))
@@ -151,6 +173,153 @@ def knn_edges(
         out_dst.append(bi * n + i + start)
         out_src.append(bi * n + j)
     return torch.cat(out_dst), torch.cat(out_src)
+
+
+def _exclusion_keys(exclude: tuple[Tensor, Tensor] | None, size: int) -> Tensor | None:
+    if exclude is None or exclude[0].numel() == 0:
+        return None
+    return torch.sort(_pair_key(exclude[0], exclude[1], size))[0]
+
+
+def _nearest_in_rows(dist: Tensor, cand: Tensor, k: float, radius: float) -> tuple[Tensor, Tensor]:
+    """Rows of candidate distances ``(Q, M)`` (inf = not a candidate) -> (row, candidate id) of
+    the ``k`` nearest within ``radius`` in each row."""
+    if k != INF and k < dist.shape[1]:
+        dist, slot = dist.topk(int(k), dim=1, largest=False)
+        cand = cand.gather(1, slot)
+    row, col = (torch.isfinite(dist) & (dist <= radius)).nonzero(as_tuple=True)
+    return row, cand[row, col]
+
+
+def _brute_rows(pos, mask, k, radius, exclude, chunk_elements, rows) -> tuple[Tensor, Tensor]:
+    """Exhaustive neighbours of selected query nodes only (the grid search's fallback)."""
+    b, n, _ = pos.shape
+    flat_pos, flat_mask = pos.reshape(b * n, 3), mask.reshape(b * n)
+    ex = _exclusion_keys(exclude, b * n)
+    out_dst, out_src = [], []
+    per_chunk = max(1, chunk_elements // max(1, n))
+    arange_n = torch.arange(n, device=pos.device)
+    for start in range(0, rows.numel(), per_chunk):
+        q = rows[start : start + per_chunk]  # (Q,)
+        cand = (q // n)[:, None] * n + arange_n[None, :]  # (Q, n) same graph
+        dist = torch.linalg.vector_norm(flat_pos[cand] - flat_pos[q][:, None, :], dim=-1)
+        invalid = ~flat_mask[cand] | (cand == q[:, None])
+        if ex is not None:
+            invalid |= torch.isin(_pair_key(q[:, None].expand_as(cand), cand, b * n), ex)
+        row, src = _nearest_in_rows(dist.masked_fill(invalid, INF), cand, k, radius)
+        out_dst.append(q[row])
+        out_src.append(src)
+    return torch.cat(out_dst), torch.cat(out_src)
+
+
+def grid_knn_edges(
+    pos: Tensor,
+    mask: Tensor,
+    k: int,
+    radius: float,
+    exclude: tuple[Tensor, Tensor] | None = None,
+    chunk_elements: int = 1 << 23,
+) -> tuple[Tensor, Tensor]:
+    """Nearest neighbours through a cell grid: each node is compared only with the nodes of the
+    27 cells around its own, cell against cell with one batched ``cdist``.
+
+    The cell size ``h`` is 1.5x the median k-th neighbour distance of a fixed sample of nodes
+    (or ``valid_radius`` if smaller).  A node's result is provably exact when its k-th neighbour
+    lies within ``h`` or when ``valid_radius <= h``; the few nodes where neither holds (sparse
+    regions) are searched exhaustively.  Excluded pairs are handled by searching a few more
+    neighbours and dropping them.
+    """
+    b, n, _ = pos.shape
+    device = pos.device
+    pos = pos.detach()
+    size = b * n
+    nodes = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
+    if nodes.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    ex = _exclusion_keys(exclude, size)
+    extra = int(torch.bincount(exclude[0]).max()) if ex is not None else 0
+    want = k + extra  # neighbours to find before dropping excluded pairs
+
+    flat = pos.reshape(size, 3)
+    p = flat[nodes]  # (P, 3)
+    graph = nodes // n
+    sample = nodes[torch.linspace(0, nodes.numel() - 1, min(256, nodes.numel()), device=device).long()]
+    sd, ss = _brute_rows(pos, mask, want, INF, None, chunk_elements, sample)
+    kth = torch.zeros(size, dtype=pos.dtype, device=device).scatter_reduce(
+        0, sd, torch.linalg.vector_norm(flat[sd] - flat[ss], dim=-1), "amax"
+    )[sample]
+    h = float(kth.median()) * 1.5 if kth.numel() else 1.0
+    h = max(min(h, radius), 1e-12)
+
+    lo = torch.full((b, 3), INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amin")
+    cell = torch.floor((p - lo[graph]) / h).long() + 1  # (P, 3), >= 1 so neighbours stay >= 0
+    dims = (cell.max(0).values + 2).tolist()
+
+    def key_of(g: Tensor, c: Tensor) -> Tensor:
+        return ((g * dims[0] + c[..., 0]) * dims[1] + c[..., 1]) * dims[2] + c[..., 2]
+
+    cell_keys, point_cell = torch.unique(key_of(graph, cell), return_inverse=True)
+    occupancy = torch.bincount(point_cell, minlength=cell_keys.numel())
+    width = int(occupancy.max())
+    order = torch.argsort(point_cell, stable=True)
+    rank = torch.arange(order.numel(), device=device) - (torch.cumsum(occupancy, 0) - occupancy)[point_cell[order]]
+    dummy = p.shape[0]  # index of a padding point
+    table = torch.full((cell_keys.numel(), width), dummy, dtype=torch.long, device=device)
+    table[point_cell[order], rank] = order  # (cells, width) packed point ids
+    coords = torch.cat([p, p.new_zeros(1, 3)])  # padding point at the origin, masked below
+    # first member of every cell carries the cell's own integer coordinates and graph
+    first_member = order[torch.cumsum(occupancy, 0) - occupancy]
+    cell_xyz, cell_graph = cell[first_member], graph[first_member]
+    offsets = torch.tensor([[i, j, l] for i in (-1, 0, 1) for j in (-1, 0, 1) for l in (-1, 0, 1)], device=device)
+
+    out_dst, out_src, fallback = [], [], []
+    # cells in order of occupancy, so each chunk pads its tables only to its own widths
+    by_size = torch.argsort(occupancy, stable=True)
+    near_all = key_of(cell_graph[:, None], cell_xyz[:, None, :] + offsets)  # (cells, 27)
+    at_all = torch.searchsorted(cell_keys, near_all).clamp(max=cell_keys.numel() - 1)
+    present_all = cell_keys[at_all] == near_all
+    reach = torch.where(present_all, occupancy[at_all], 0).max(1).values  # widest neighbour cell
+    start = 0
+    while start < cell_keys.numel():
+        w_q = int(occupancy[by_size[start]])
+        stop = start + max(1, chunk_elements // (max(w_q, 1) * 27 * width))
+        cells = by_size[start:stop]
+        w_q, w_c = int(occupancy[cells].max()), int(reach[cells].max())
+        start = stop
+        at, present = at_all[cells], present_all[cells]
+        cand = torch.where(present[..., None], table[at][..., :w_c], dummy).reshape(cells.numel(), -1)  # (Q, 27 Wc)
+        query = table[cells][:, :w_q]  # (Q, Wq)
+        dist = torch.cdist(coords[query], coords[cand], compute_mode="donot_use_mm_for_euclid_dist")  # (Q, W, 27 W)
+        invalid = (cand == dummy)[:, None, :] | (cand[:, None, :] == query[:, :, None])
+        dist = dist.masked_fill(invalid, INF)
+        take = min(want, dist.shape[-1])
+        values, slot = dist.topk(take, dim=-1, largest=False)  # (Q, W, want), nearest first
+        found = cand.gather(1, slot.reshape(cells.numel(), -1)).view_as(slot)
+        real = query != dummy  # (Q, W)
+        within = torch.isfinite(values) & (values <= radius)
+        exact = (radius <= h) | (within.sum(-1) >= want) & (values[..., -1] <= h)
+        fallback.append(query[real & ~exact])
+        qi, qj, slot_i = (within & (real & exact)[..., None]).nonzero(as_tuple=True)
+        out_dst.append(query[qi, qj])
+        out_src.append(found[qi, qj, slot_i])
+    dst, src = nodes[torch.cat(out_dst)], nodes[torch.cat(out_src)]
+    rest = torch.cat(fallback)
+    if rest.numel():
+        d, s = _brute_rows(pos, mask, want, radius, None, chunk_elements, nodes[rest])
+        dst, src = torch.cat([dst, d]), torch.cat([src, s])
+    if ex is None:
+        return dst, src
+    # drop excluded pairs, then keep the k nearest of what remains
+    keep = ~torch.isin(_pair_key(dst, src, size), ex)
+    dst, src = dst[keep], src[keep]
+    dist = torch.linalg.vector_norm(flat[src] - flat[dst], dim=-1)
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(dst[order], stable=True)]
+    sorted_dst = dst[order]
+    rank = torch.arange(order.numel(), device=device) - torch.searchsorted(sorted_dst, sorted_dst, side="left")
+    order = order[rank < k]
+    return dst[order], src[order]
 
 
 def _lookup_hops(dst: Tensor, src: Tensor, keys: Tensor, hops: Tensor, size: int) -> Tensor:

@@ -120,3 +120,19 @@ def test_no_self_loops_and_no_padding():
     flat_mask = mask.reshape(-1)
     assert flat_mask[graph.dst].all() and flat_mask[graph.src].all()
     assert all(d // 9 == s // 9 for d, s in itertools.islice(zip(graph.dst.tolist(), graph.src.tolist()), None))
+
+
+def test_grid_search_equals_exhaustive_search():
+    from equiformer.graph import brute_knn_edges, grid_knn_edges
+
+    g = torch.Generator().manual_seed(5)
+    for k, radius in [(12, INF), (6, 2.0)]:
+        pos = torch.rand(2, 1500, 3, generator=g, dtype=torch.float64) * 20
+        pos[0, :30] *= 8  # a sparse halo: those nodes take the exhaustive fallback
+        pos[1, 100] = pos[1, 101]  # coincident nodes
+        mask = torch.rand(2, 1500, generator=g) > 0.1
+        exclude = (torch.arange(0, 200), torch.arange(1, 201))
+        a = grid_knn_edges(pos, mask, k, radius, exclude)
+        b = brute_knn_edges(pos, mask, k, radius, exclude)
+        assert set(zip(*map(torch.Tensor.tolist, a))) == set(zip(*map(torch.Tensor.tolist, b)))
+        assert a[0].numel() > 0
