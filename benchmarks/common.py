@@ -43,9 +43,37 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 5, wa
     return statistics.median(times)
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def rss_mb() -> float:
+    """Resident set size now."""
+    try:
+        return _status_mb("VmRSS")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size since the last ``reset_peak_rss`` (or since start)."""
+    try:
+        return _status_mb("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine_line(device: torch.device) -> str:
