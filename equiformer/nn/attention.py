@@ -100,10 +100,16 @@ class _GraphAttention(nn.Module):
         raise NotImplementedError
 
     def _per_head(self, values: Tensor, alpha: Tensor) -> Tensor:
-        """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads)."""
-        if self.single_headed_kv:
-            values = values.index_select(1, self.value_source)
-        return values * alpha.index_select(1, self.head_of)
+        """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads), by broadcasting each
+        degree's heads (no expanded copy of alpha is made or kept for backward)."""
+        rows = values.shape[0]
+        parts = []
+        blocks = values.split(layout(self.value_fiber).block_sizes, dim=1)
+        for l, (v, a) in enumerate(zip(blocks, alpha.split(self.heads, dim=1))):
+            h, d = self.heads[l], self.dim_head[l]
+            v = v.view(rows, 2 * l + 1, 1 if self.single_headed_kv else h, d)
+            parts.append((v * a.view(rows, 1, h, 1)).reshape(rows, -1))  # (R, (2l+1) H d)
+        return torch.cat(parts, dim=1)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = self.norm(x)

@@ -52,7 +52,7 @@ class EdgeConvolution(nn.Module):
             # one GEMM per order for all convolutions: their weights side by side
             per_conv = [c.order_weights() for c in inner]
             results = [[] for _ in inner]
-            for m, block in enumerate(inner[0].order_blocks(h)):
+            for m, block in enumerate(h):
                 widths = [w[m].shape[1] for w in per_conv]
                 for i, part in enumerate((block @ torch.cat([w[m] for w in per_conv], 1)).split(widths, dim=1)):
                     results[i].append(part)

@@ -37,13 +37,12 @@ class InputEmbedding(nn.Module):
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         """``(N, F_in) -> (N, F)``."""
         n = geometry.num_nodes
+        weight = geometry.weight  # (E,) smooth cutoff, folded into the per-input radial factors
         messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
-        messages = self.conv(messages, geometry, self.radial(geometry.edge_attr))
+        messages = self.conv(messages, geometry, self.radial(geometry.edge_attr) * weight[:, None])
         messages = geometry.rotate(messages, self.fiber, inverse=True)  # (E, F)
-        weight = geometry.weight  # (E,)
         norm = 1.0 + weight.new_zeros(n).index_add(0, geometry.dst, weight)  # (N,)
-        out = messages.new_zeros(n, messages.shape[1]).index_add(0, geometry.dst, messages * weight[:, None])
-        out = out / norm[:, None]
+        out = messages.new_zeros(n, messages.shape[1]).index_add(0, geometry.dst, messages) / norm[:, None]
         degrees = layout(self.fiber_in).split(x)
         own = [torch.addmm(self.bias, degrees[0][:, 0], self.self_weights[0])]
         own += [(xl @ w).reshape(n, -1) for xl, w in zip(degrees[1:], self.self_weights[1:])]

@@ -90,7 +90,6 @@ class SO2Convolution(nn.Module):
         out_edge = lay_out.order_index if self.out_order_major else torch.arange(lay_out.size)
         self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
         self.register_buffer("scale_index", lay_in.channel_index[in_edge], persistent=False)
-        self.register_buffer("order_scale_index", lay_in.channel_index[torch.tensor(in_index)], persistent=False)
         # inverse of the output layout; components of order > mmax point at an extra zero column
         inverse = torch.full((lay_out.size,), len(out_index), dtype=torch.long)
         inverse[torch.tensor(out_index)] = torch.arange(len(out_index))
@@ -141,19 +140,29 @@ class SO2Convolution(nn.Module):
         dense = values.new_zeros(f_in * f_out).index_put((self.dense_target,), values)
         return dense.view(f_in, f_out)
 
-    def prepare(self, x: Tensor, scale: Tensor | None) -> Tensor:
-        """Scaled input in the layout this convolution multiplies (shareable by convolutions of
-        the same input fiber and execution mode)."""
-        if self.dense or self.in_order_major:
+    def prepare(self, x: Tensor, scale: Tensor | None) -> Tensor | list[Tensor]:
+        """Scaled input in the form this convolution multiplies (shareable by convolutions of
+        the same input fiber and execution mode): one tensor (dense) or per-order blocks."""
+        if self.dense:
             return x if scale is None else x * scale.index_select(1, self.scale_index)
-        h = x.index_select(1, self.in_index)  # (E, K_0 + 2 sum_m K_m), order-major
-        return h if scale is None else h * scale.index_select(1, self.order_scale_index)
+        h = x if self.in_order_major else x.index_select(1, self.in_index)  # order-major
+        return self.order_blocks(h, scale)
 
-    def order_blocks(self, h: Tensor) -> list[Tensor]:
-        """The ``[x_+m | x_-m]`` blocks of a prepared input, m = 0..mmax."""
+    def order_blocks(self, h: Tensor, scale: Tensor | None = None) -> list[Tensor]:
+        """The ``[x_+m | x_-m]`` blocks of an order-major input, m = 0..mmax, each scaled by the
+        per-(degree, channel) factors: order m holds degrees l >= m, a suffix of the scale
+        vector, so it broadcasts over +-m without an expanded copy."""
         sizes = [self.in_sizes[0]] + [2 * k for k in self.in_sizes[1:]]
         rest = h.shape[1] - sum(sizes)  # orders above mmax (input has more degrees than output)
-        return list(h.split(sizes + [rest] if rest else sizes, dim=1))[: len(sizes)]
+        blocks = list(h.split(sizes + [rest] if rest else sizes, dim=1))[: len(sizes)]
+        if scale is None:
+            return blocks
+        edges, total = scale.shape
+        out = [blocks[0] * scale]
+        for m, block in enumerate(blocks[1:], start=1):
+            k = self.in_sizes[m]
+            out.append((block.view(edges, 2, k) * scale[:, total - k :].unsqueeze(1)).view(edges, 2 * k))
+        return out
 
     def assemble(self, outputs: list[Tensor]) -> Tensor:
         """Per-order outputs -> the edge layout of the output fiber."""
@@ -164,11 +173,10 @@ class SO2Convolution(nn.Module):
         outputs = outputs + [outputs[0].new_zeros(edges, 1)]  # target of components with m > mmax
         return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
 
-    def apply_prepared(self, h: Tensor) -> Tensor:
+    def apply_prepared(self, h: Tensor | list[Tensor]) -> Tensor:
         if self.dense:
             return h @ self.dense_weight()  # (E, F_out)
-        blocks = self.order_blocks(h)
-        return self.assemble([block @ w for block, w in zip(blocks, self.order_weights())])  # one GEMM per order
+        return self.assemble([block @ w for block, w in zip(h, self.order_weights())])  # one GEMM per order
 
     def forward(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Tensor:
         out = self.apply_prepared(self.prepare(x, scale))
