@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .activation import Gate
 from .edge_convolution import EdgeConvolution
@@ -95,9 +96,20 @@ class _GraphAttention(nn.Module):
             msg = msg + self.dst_proj(x).index_select(0, geometry.dst)
         return geometry.rotate(msg, self.fiber)
 
-    def messages(self, x: Tensor, geometry: EdgeGeometry):
-        """-> (edge logits (E, sum H), edge values (E, F_V), self logits (N, sum H) | None, self values)."""
+    def edge_messages(self, x: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
+        """-> (logits (E, sum H), values (E, F_V) in the global frame)."""
         raise NotImplementedError
+
+    def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (logits (N, sum H), values (N, F_V)) of every node attending to itself."""
+        raise NotImplementedError
+
+    def _chunk_logits(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        return self.edge_messages(x, geometry)[0]
+
+    def _chunk_aggregate(self, x: Tensor, geometry: EdgeGeometry, alpha: Tensor) -> Tensor:
+        weighted = self._per_head(self.edge_messages(x, geometry)[1], alpha)
+        return weighted.new_zeros(geometry.num_nodes, weighted.shape[1]).index_add(0, geometry.dst, weighted)
 
     def _per_head(self, values: Tensor, alpha: Tensor) -> Tensor:
         """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads), by broadcasting each
@@ -108,15 +120,26 @@ class _GraphAttention(nn.Module):
         for l, (v, a) in enumerate(zip(blocks, alpha.split(self.heads, dim=1))):
             h, d = self.heads[l], self.dim_head[l]
             v = v.view(rows, 2 * l + 1, 1 if self.single_headed_kv else h, d)
-            parts.append((v * a.view(rows, 1, h, 1)).reshape(rows, -1))  # (R, (2l+1) H d)
+            parts.append((v * a.view(rows, 1, h, 1)).reshape(rows, (2 * l + 1) * h * d))  # (R, (2l+1) H d)
         return torch.cat(parts, dim=1)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = self.norm(x)
-        logits, values, self_logits, self_values = self.messages(x, geometry)
-        alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
-        weighted = self._per_head(values, alpha)  # (E, F_heads)
-        out = weighted.new_zeros(geometry.num_nodes, weighted.shape[1]).index_add(0, geometry.dst, weighted)
+        self_logits, self_values = self.self_messages(x) if self.attend_self else (None, None)
+        if not geometry.chunked:
+            logits, values = self.edge_messages(x, geometry)
+            alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
+            weighted = self._per_head(values, alpha)  # (E, F_heads)
+            out = weighted.new_zeros(geometry.num_nodes, weighted.shape[1]).index_add(0, geometry.dst, weighted)
+        else:
+            # two passes over edge chunks, each recomputed in backward: logits for the softmax,
+            # then the weighted values; only (E, heads) and (N, F) tensors are kept
+            chunks = geometry.chunks()
+            logits = torch.cat([checkpoint(self._chunk_logits, x, c, use_reentrant=False) for c in chunks])
+            alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
+            out = 0
+            for c, a in zip(chunks, alpha.split([c.num_edges for c in chunks])):
+                out = out + checkpoint(self._chunk_aggregate, x, c, a, use_reentrant=False)
         if self_values is not None:
             out = out + self._per_head(self_values, alpha_self)
         scalars = x.split([self.fiber[0], x.shape[1] - self.fiber[0]], dim=1)[0] if len(self.fiber) > 1 else x
@@ -153,14 +176,13 @@ class MLPAttention(_GraphAttention):
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
         return self.to_logits(F.leaky_relu(hidden, self.leaky_slope)), gate(values)
 
-    def messages(self, x: Tensor, geometry: EdgeGeometry):
+    def edge_messages(self, x: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
         mid = self.conv(self.edge_input(x, geometry), geometry, self.radial(geometry.edge_attr))
         logits, values = self._split(mid, self.edge_gate)
-        values = geometry.rotate(values, self.value_fiber, inverse=True)
-        if not self.attend_self:
-            return logits, values, None, None
-        self_logits, self_values = self._split(self.self_in(x), self.gate)
-        return logits, values, self_logits, self_values
+        return logits, geometry.rotate(values, self.value_fiber, inverse=True)
+
+    def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._split(self.self_in(x), self.gate)
 
 
 class L2DistanceAttention(_GraphAttention):
@@ -201,13 +223,13 @@ class L2DistanceAttention(_GraphAttention):
         sq = (diff * diff) @ (self.edge_head_sum if edge_frame else self.head_sum).to(diff.dtype)  # (R, sum H)
         return -self.head_scale.to(q.dtype) * torch.sqrt(sq + self.eps)
 
-    def messages(self, x: Tensor, geometry: EdgeGeometry):
+    def edge_messages(self, x: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
         q = self.to_q(x)  # (N, F_heads)
         x_edge = self.edge_input(x, geometry)
         k, v = EdgeConvolution.apply_all([self.conv_k, self.conv_v], x_edge, geometry, self.radial(geometry.edge_attr))
         # compare in the edge frame (distances are invariant); only values go back
         logits = self._logits(geometry.rotate(q.index_select(0, geometry.dst), self.head_fiber), k, edge_frame=True)
-        values = geometry.rotate(v, self.value_fiber, inverse=True)
-        if not self.attend_self:
-            return logits, values, None, None
-        return logits, values, self._logits(q, self.self_k(x), edge_frame=False), self.self_v(x)
+        return logits, geometry.rotate(v, self.value_fiber, inverse=True)
+
+    def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._logits(self.to_q(x), self.self_k(x), edge_frame=False), self.self_v(x)

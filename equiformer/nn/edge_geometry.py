@@ -36,6 +36,8 @@ class EdgeGeometry:
     ``edge_attr``: ``(E, F)`` invariant edge scalars for the radial networks.
     ``zero_length``: indices of edges whose two nodes coincide (no direction).
     ``node_graph``: ``(N,)`` graph index of every node, for global (per-graph) layers.
+    ``edge_chunk_size``: if set, layers process edges in chunks of this many and recompute them
+    in the backward pass (see ``chunks``), bounding activation memory for very large graphs.
     """
 
     dst: Tensor
@@ -48,6 +50,7 @@ class EdgeGeometry:
     zero_length: Tensor
     wigner: list[Tensor] | None = None
     sh: Tensor | None = None
+    edge_chunk_size: int | None = None
     _blocks: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
@@ -73,6 +76,35 @@ class EdgeGeometry:
         else:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
         return EdgeGeometry(dst, src, num_nodes, node_graph, num_graphs, weight, edge_attr, zero_length, wigner, sh)
+
+    @property
+    def num_edges(self) -> int:
+        return self.dst.numel()
+
+    @property
+    def chunked(self) -> bool:
+        return self.edge_chunk_size is not None and self.num_edges > self.edge_chunk_size
+
+    def edge_slice(self, start: int, stop: int) -> "EdgeGeometry":
+        """The same graph restricted to edges ``start..stop-1`` (all nodes kept)."""
+        zero = self.zero_length
+        zero = zero[(zero >= start) & (zero < stop)] - start
+        return replace(
+            self,
+            dst=self.dst[start:stop],
+            src=self.src[start:stop],
+            weight=self.weight[start:stop],
+            edge_attr=self.edge_attr[start:stop],
+            zero_length=zero,
+            wigner=[w[start:stop] for w in self.wigner] if self.wigner is not None else None,
+            sh=self.sh[start:stop] if self.sh is not None else None,
+            edge_chunk_size=None,
+            _blocks={k: v[start:stop] for k, v in self._blocks.items()},
+        )
+
+    def chunks(self) -> list["EdgeGeometry"]:
+        size = self.edge_chunk_size or self.num_edges
+        return [self.edge_slice(a, min(a + size, self.num_edges)) for a in range(0, self.num_edges, size)]
 
     @property
     def tensor_product(self) -> str:

@@ -81,7 +81,7 @@ class FiberLayout:
 
     def merge(self, parts: Sequence[Tensor]) -> Tensor:
         """Inverse of ``split``: per-degree ``(N, 2l+1, C_l)`` tensors to one flat tensor."""
-        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=-1)
+        return torch.cat([p.reshape(p.shape[0], p.shape[1] * p.shape[2]) for p in parts], dim=-1)
 
 
 @lru_cache(maxsize=None)

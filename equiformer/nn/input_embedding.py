@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
@@ -34,18 +35,26 @@ class InputEmbedding(nn.Module):
         self.radial = nn.Linear(edge_attr_dim, sum(fiber_in))  # head on the shared radial trunk
         self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
 
-    def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
-        """``(N, F_in) -> (N, F)``."""
-        n = geometry.num_nodes
+    def _summed_messages(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        """``sum_j w_ij conv(x_j)`` per receiver: (N, F)."""
         weight = geometry.weight  # (E,) smooth cutoff, folded into the per-input radial factors
         messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
         messages = self.conv(messages, geometry, self.radial(geometry.edge_attr) * weight[:, None])
         messages = geometry.rotate(messages, self.fiber, inverse=True)  # (E, F)
-        norm = 1.0 + weight.new_zeros(n).index_add(0, geometry.dst, weight)  # (N,)
-        out = messages.new_zeros(n, messages.shape[1]).index_add(0, geometry.dst, messages) / norm[:, None]
+        return messages.new_zeros(geometry.num_nodes, messages.shape[1]).index_add(0, geometry.dst, messages)
+
+    def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+        """``(N, F_in) -> (N, F)``."""
+        n = geometry.num_nodes
+        if geometry.chunked:  # recomputed chunk by chunk in backward (bounded memory)
+            out = sum(checkpoint(self._summed_messages, x, c, use_reentrant=False) for c in geometry.chunks())
+        else:
+            out = self._summed_messages(x, geometry)
+        norm = 1.0 + geometry.weight.new_zeros(n).index_add(0, geometry.dst, geometry.weight)  # (N,)
+        out = out / norm[:, None]
         degrees = layout(self.fiber_in).split(x)
         own = [torch.addmm(self.bias, degrees[0][:, 0], self.self_weights[0])]
-        own += [(xl @ w).reshape(n, -1) for xl, w in zip(degrees[1:], self.self_weights[1:])]
+        own += [(xl @ w).reshape(n, xl.shape[1] * w.shape[1]) for xl, w in zip(degrees[1:], self.self_weights[1:])]
         own = torch.cat(own, dim=-1)
         if own.shape[1] == out.shape[1]:
             return out + own

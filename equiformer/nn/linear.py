@@ -36,5 +36,5 @@ class EquivariantLinear(nn.Module):
         else:
             parts = [scalars @ self.weights[0]]
         for xl, w in zip(degrees[1:], self.weights[1:]):
-            parts.append((xl @ w).reshape(n, -1))  # (N, (2l+1) C_out)
+            parts.append((xl @ w).reshape(n, xl.shape[1] * w.shape[1]))  # (N, (2l+1) C_out)
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]

@@ -220,6 +220,6 @@ class SO2Convolution(nn.Module):
         degrees = lay_in.split(x)
         parts = []
         for l, w in enumerate(self.isotropic_weights()):
-            parts.append((degrees[l] @ w).reshape(x.shape[0], -1))
+            parts.append((degrees[l] @ w).reshape(x.shape[0], degrees[l].shape[1] * w.shape[1]))
         parts.append(x.new_zeros(x.shape[0], lay_out.size - lay_out.offsets[self.mmax + 1]))
         return torch.cat(parts, dim=-1).index_select(1, self.degree_to_out)  # degree-major -> edge layout
