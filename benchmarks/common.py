@@ -82,3 +82,20 @@ def machine_line(device: torch.device) -> str:
     else:
         what = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     return f"device: {device.type} ({what}); torch {torch.__version__}; python {platform.python_version()}"
+
+
+def start_memory(device: torch.device) -> float:
+    """Begin a peak-memory measurement; returns the baseline (MB) for ``peak_memory_since``."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    base = rss_mb()
+    reset_peak_rss()
+    return base
+
+
+def peak_memory_since(device: torch.device, base: float) -> float:
+    """Peak memory above ``base`` (MB): ``max_memory_allocated`` on CUDA, RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - base
+    return peak_rss_mb() - base

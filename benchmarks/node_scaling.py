@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, peak_rss_mb, pick_device, reset_peak_rss, rss_mb, sync  # noqa: E402
+from common import machine_line, peak_memory_since, peak_rss_mb, pick_device, start_memory, sync  # noqa: E402
 
 CONFIG = dict(dim=32, num_degrees=3, heads=4, dim_head=8, depth=2, num_neighbors=16, num_tokens=24, reduce_dim_out=True)
 
@@ -34,12 +34,7 @@ def run_one(n: int, backward: bool, device_name: str) -> dict:
     side = (10.0 * n) ** (1 / 3)
     feats = torch.randint(0, 24, (1, n), device=device)
     coors = torch.rand(1, n, 3, device=device) * side
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = rss_mb()
-        reset_peak_rss()
+    base = start_memory(device)
     sync(device)
     t0 = time.perf_counter()
     if backward:
@@ -50,7 +45,7 @@ def run_one(n: int, backward: bool, device_name: str) -> dict:
             model(feats, coors)
     sync(device)
     seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else peak_rss_mb() - base
+    peak = peak_memory_since(device, base)
     total = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
     return {"seconds": seconds, "peak_mb": peak, "total_peak_mb": total}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, peak_rss_mb, pick_device, reset_peak_rss, rss_mb, sync  # noqa: E402
+from common import machine_line, peak_memory_since, pick_device, start_memory, sync  # noqa: E402
 
 DENOISE = dict(num_tokens=24, dim=(16, 8, 8, 8), dim_head=(16, 8, 8, 8), heads=(4, 2, 2, 2), depth=10, reversible=True, num_neighbors=6, num_degrees=4, reduce_dim_out=True)
 README = dict(num_tokens=24, dim=(4, 4, 2), dim_head=(4, 4, 4), heads=(2, 2, 2), num_degrees=3, depth=4, reduce_dim_out=True, l2_dist_attention=False)
@@ -65,16 +65,10 @@ def measure_memory(library: str, name: str, device_name: str) -> float:
     config, n = {**CONFIGS, **QUICK}[name]
     model = build(library, config, device)
     feats, coors, mask = inputs(n, device)
-    step(model, feats, coors, mask, backward=False)  # warm-up: caches, lazy init
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step(model, feats, coors, mask, backward=True)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = rss_mb()
-    reset_peak_rss()
+    step(model, feats, coors, mask, backward=True)  # warm-up: caches, lazy init, gradient buffers
+    base = start_memory(device)
     step(model, feats, coors, mask, backward=True)
-    return peak_rss_mb() - base
+    return peak_memory_since(device, base)
 
 
 def memory_in_subprocess(library: str, name: str, device_name: str) -> float | None:

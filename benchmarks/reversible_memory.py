@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, peak_rss_mb, pick_device, reset_peak_rss, rss_mb  # noqa: E402
+from common import machine_line, peak_memory_since, pick_device, start_memory  # noqa: E402
 
 
 def run_one(depth: int, reversible: bool, nodes: int, device_name: str) -> float:
@@ -27,20 +27,13 @@ def run_one(depth: int, reversible: bool, nodes: int, device_name: str) -> float
     model = Equiformer(num_tokens=24, dim=(32, 16, 16), heads=(4, 2, 2), dim_head=(8, 8, 8), num_degrees=3, depth=depth,
                        num_neighbors=16, reversible=reversible, reduce_dim_out=True).to(device)
     model(torch.randint(0, 24, (1, 16), device=device), torch.randn(1, 16, 3, device=device)).type1.sum().backward()
-    model.zero_grad(set_to_none=True)  # first-call set-up and gradient buffers out of the way
+    model.zero_grad(set_to_none=False)  # keep the gradient buffers: what is left to measure is activations
     feats = torch.randint(0, 24, (1, nodes), device=device)
     coors = torch.randn(1, nodes, 3, device=device) * 10
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = rss_mb()
-        reset_peak_rss()
+    base = start_memory(device)
     out = model(feats, coors)
     out.type1.sum().backward()
-    if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return peak_rss_mb() - base
+    return peak_memory_since(device, base)
 
 
 def main() -> None:

@@ -155,7 +155,8 @@ def fit(session: Session, stop: StopRequest) -> str:
             window_loss, window_steps = window_loss + loss, window_steps + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            if session.step % config.log_every == 0 or session.step == end:
+            interrupted = signalled > 0
+            if session.step % config.log_every == 0 or session.step == end or interrupted:
                 session.metrics.write(
                     kind="train", step=session.step, loss=window_loss / window_steps, lr=lr,
                     grad_norm=float(grad_norm), steps_per_s=window_steps / window_seconds,
@@ -163,7 +164,6 @@ def fit(session: Session, stop: StopRequest) -> str:
                     epoch=session.order.epoch,
                 )
                 window_loss, window_steps, window_seconds = 0.0, 0, 0.0
-            interrupted = signalled > 0
             if not interrupted and (session.step % config.val_every == 0
                                     or session.step == config.steps):
                 validate(session)

@@ -75,7 +75,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
     train = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
     val = [r for r in records if r.get("kind") == "val"]
     figure = Figure(figsize=(10, 4))
-    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.91, wspace=0.28)
+    figure.subplots_adjust(left=0.1, right=0.98, bottom=0.13, top=0.91, wspace=0.3)
     FigureCanvasAgg(figure)
     loss_axes, rmsd_axes = figure.subplots(1, 2)
     loss_axes.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")

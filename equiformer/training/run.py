@@ -106,9 +106,10 @@ def pick_precision(precision: str, device: torch.device) -> str:
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and Python; the initial weights come from torch's.
 
-    Nothing else is needed for bitwise-repeatable CPU runs: torch's CPU kernels are
-    deterministic for a fixed thread count (``torch.use_deterministic_algorithms`` only changes
-    CUDA kernels, and importing it costs seconds). CUDA runs are repeatable only up to rounding.
+    Nothing else is needed for bitwise-repeatable CPU runs: the CPU kernels this model uses are
+    deterministic for a fixed thread count, as tests/training/test_resume.py checks
+    (``torch.use_deterministic_algorithms`` is about CUDA kernels, and importing it costs
+    seconds). CUDA runs are repeatable only up to rounding.
     """
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Train an Equiformer to denoise protein backbones; see ``python denoise.py --help``.
+
+    python denoise.py                                   # small preset, embedded set, ~5 min on CPU
+    python denoise.py --preset large                    # for a GPU
+    python denoise.py --out runs/denoise --resume       # continue after Ctrl-C
+    torchrun --nproc_per_node 2 denoise.py ...          # data-parallel (gloo on CPU, NCCL on GPU)
+
+The training code lives in ``equiformer.training``.
+"""
+
+import sys
+
+from equiformer.training import main
+
+if __name__ == "__main__":
+    sys.exit(main())
