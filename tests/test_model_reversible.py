@@ -13,8 +13,12 @@ def _grads(model, feats, coors, mask, memory_saving):
     return [p.grad.clone() for p in model.parameters() if p.grad is not None], x.grad.clone()
 
 
-def test_reversible_gradients_equal_plain_autograd():
-    model = make_model(reversible=True, depth=3, num_linear_attn_heads=1, l2_dist_attention=False)
+import pytest
+
+
+@pytest.mark.parametrize("dim", [(8, 6, 4), (8, 4, 4)], ids=["per-degree-rotations", "block-rotations"])
+def test_reversible_gradients_equal_plain_autograd(dim):
+    model = make_model(reversible=True, depth=3, num_linear_attn_heads=1, l2_dist_attention=False, dim=dim)
     feats, coors, mask = make_inputs(model)
     params_a, coords_a = _grads(model, feats, coors, mask, memory_saving=True)
     params_b, coords_b = _grads(model, feats, coors, mask, memory_saving=False)

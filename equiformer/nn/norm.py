@@ -35,6 +35,12 @@ class EquivariantLayerNorm(nn.Module):
             return F.layer_norm(x, (c0,), self.scalar_weight, self.scalar_bias, self.eps)
         scalars, rest = x.split([c0, x.shape[1] - c0], dim=1)  # rest: (N, F - C0)
         scalars = F.layer_norm(scalars, (c0,), self.scalar_weight, self.scalar_bias, self.eps)
-        mean_sq = (rest * rest) @ self.mean_matrix.to(x.dtype)  # (N, L) per-degree mean square
-        factor = torch.rsqrt(mean_sq + self.eps).index_select(1, self.degree_of)
-        return torch.cat([scalars, rest * factor * self.scales.index_select(0, self.scale_of)], dim=-1)
+        # statistics in at least float32, also under autocast: rsqrt of small half-precision
+        # numbers overflows in the backward pass
+        work = torch.promote_types(rest.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            r = rest.to(work)
+            mean_sq = (r * r) @ self.mean_matrix.to(work)  # (N, L) per-degree mean square
+            factor = torch.rsqrt(mean_sq + self.eps).index_select(1, self.degree_of)
+            rest = r * factor * self.scales.to(work).index_select(0, self.scale_of)
+        return torch.cat([scalars.to(rest.dtype), rest], dim=-1)

@@ -37,56 +37,68 @@ class _ReversibleFunction(torch.autograd.Function):
                 x1 = x1 + runner.attn(i, x2, geometry)
                 x2 = x2 + runner.ff(i, x1)
         ctx.runner, ctx.num_geometry = runner, num_geometry
+        # the backward recomputes the blocks: it must run under the same autocast as this forward
+        device = x1.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(x1, x2, *tensors[:num_geometry])
         ctx.params = tensors[num_geometry:]
         return x1, x2
 
     @staticmethod
     def backward(ctx, dy1: Tensor, dy2: Tensor):
-        runner = ctx.runner
-        y1, y2, *geo = ctx.saved_tensors
-        params = ctx.params
-        geo_leaves = [t.detach().requires_grad_(t.requires_grad) for t in geo]
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _recompute_backward(ctx, dy1, dy2)
+
+
+def _recompute_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
+    """Walk the blocks backwards, rebuilding each block's inputs from its outputs."""
+    runner = ctx.runner
+    y1, y2, *geo = ctx.saved_tensors
+    params = ctx.params
+    geo_leaves = [t.detach().requires_grad_(t.requires_grad) for t in geo]
+    used_geo = [t for t in geo_leaves if t.requires_grad]
+    geo_grads = [torch.zeros_like(t) if t.requires_grad else None for t in geo]
+    param_index = {id(p): k for k, p in enumerate(params)}
+    param_grads: list[Tensor | None] = [None] * len(params)
+
+    def accumulate(ps, gs):
+        for p, g in zip(ps, gs):
+            if g is not None:
+                k = param_index[id(p)]
+                param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+
+    for i in reversed(range(len(runner.blocks))):
+        block = runner.blocks[i]
+        ff_params = [p for p in block.ff.parameters() if p.requires_grad]
+        attn_params = [p for p in block.attn.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            z1 = y1.detach().requires_grad_()
+            g_out = runner.ff(i, z1)
+            grads = torch.autograd.grad(g_out, [z1, *ff_params], dy2, allow_unused=True)
+        with torch.no_grad():
+            x2 = y2 - g_out
+            dx1 = dy1 + grads[0]
+        accumulate(ff_params, grads[1:])
+        # a fresh view of the geometry per block: its cached rotation blocks belong to the graph
+        # of one autograd.grad call, which frees that graph when it returns
         geometry = runner.geometry.with_float_tensors(geo_leaves)
-        geo_grads = [torch.zeros_like(t) if t.requires_grad else None for t in geo]
-        param_index = {id(p): k for k, p in enumerate(params)}
-        param_grads: list[Tensor | None] = [None] * len(params)
-
-        def accumulate(ps, gs):
-            for p, g in zip(ps, gs):
-                if g is not None:
-                    k = param_index[id(p)]
-                    param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
-
-        for i in reversed(range(len(runner.blocks))):
-            block = runner.blocks[i]
-            ff_params = [p for p in block.ff.parameters() if p.requires_grad]
-            attn_params = [p for p in block.attn.parameters() if p.requires_grad]
-            with torch.enable_grad():
-                z1 = y1.detach().requires_grad_()
-                g_out = runner.ff(i, z1)
-                grads = torch.autograd.grad(g_out, [z1, *ff_params], dy2, allow_unused=True)
-            with torch.no_grad():
-                x2 = y2 - g_out
-                dx1 = dy1 + grads[0]
-            accumulate(ff_params, grads[1:])
-            with torch.enable_grad():
-                z2 = x2.detach().requires_grad_()
-                f_out = runner.attn(i, z2, geometry)
-                used_geo = [t for t in geo_leaves if t.requires_grad]
-                grads = torch.autograd.grad(f_out, [z2, *used_geo, *attn_params], dx1, allow_unused=True)
-            with torch.no_grad():
-                x1 = y1 - f_out
-                dx2 = dy2 + grads[0]
-                k = 1
-                for j, t in enumerate(geo_leaves):
-                    if t.requires_grad:
-                        if grads[k] is not None:
-                            geo_grads[j] += grads[k]
-                        k += 1
-            accumulate(attn_params, grads[1 + len(used_geo) :])
-            y1, y2, dy1, dy2 = x1, x2, dx1, dx2
-        return (None, None, dy1, dy2, *geo_grads, *param_grads)
+        with torch.enable_grad():
+            z2 = x2.detach().requires_grad_()
+            f_out = runner.attn(i, z2, geometry)
+            grads = torch.autograd.grad(f_out, [z2, *used_geo, *attn_params], dx1, allow_unused=True)
+        with torch.no_grad():
+            x1 = y1 - f_out
+            dx2 = dy2 + grads[0]
+            geo_part = iter(grads[1 : 1 + len(used_geo)])
+            for j, t in enumerate(geo_leaves):
+                if t.requires_grad:
+                    g = next(geo_part)
+                    if g is not None:
+                        geo_grads[j] += g
+        accumulate(attn_params, grads[1 + len(used_geo) :])
+        y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+    return (None, None, dy1, dy2, *geo_grads, *param_grads)
 
 
 class Block(nn.Module):
