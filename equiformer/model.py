@@ -11,10 +11,11 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .graph import INF, adjacency_pairs, build_graph
 from .nn.attention import L2DistanceAttention, MLPAttention
-from .nn.edge_geometry import TENSOR_PRODUCTS, EdgeGeometry, edge_vectors
+from .nn.edge_geometry import EdgeGeometry, edge_vectors
 from .nn.feedforward import FeedForward
 from .nn.fiber import as_fiber, layout
 from .nn.input_embedding import InputEmbedding
@@ -23,6 +24,7 @@ from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 from .packing import padded_slots, sparse_edge_lookup, sparse_pairs
+from .validation import check_config, check_features, check_forward
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -61,7 +63,12 @@ class Equiformer(nn.Module):
     New: ``tensor_product`` (``"so2"`` fast path, ``"cg"`` Clebsch-Gordan reference),
     ``reflection_equivariance`` (E(3): degree-l features have parity ``(-1)^l``), ``ff_mult``,
     ``num_radial_basis`` and ``radial_max_distance`` (Gaussian distance basis on
-    ``[0, radial_max_distance]``, default ``min(valid_radius, 20)``).
+    ``[0, radial_max_distance]``, default ``min(valid_radius, 20)``), ``edge_chunk_size``
+    (process edges in chunks of this many, recomputing them in the backward pass: activation
+    memory bounded for very large graphs at about 1.5x the compute), ``check_inputs`` (default
+    True: ``forward`` also checks values, finite coordinates and ids in range, at the cost of a
+    host sync; the attribute of the same name switches it at any time).  Arguments are checked
+    by ``equiformer.validation``; ``model.config`` and ``Equiformer.from_config`` round-trip them.
     """
 
     def __init__(
@@ -104,28 +111,14 @@ class Equiformer(nn.Module):
         reflection_equivariance: bool = False,
         num_radial_basis: int = 16,
         radial_max_distance: float | None = None,
+        edge_chunk_size: int | None = None,
+        check_inputs: bool = True,
     ):
+        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        check_config(config)
         super().__init__()
-        if num_degrees < 1:
-            raise ValueError(f"num_degrees must be >= 1, got {num_degrees}")
-        if not 1 <= input_degrees <= num_degrees:
-            raise ValueError(f"input_degrees must be in 1..num_degrees ({num_degrees}), got {input_degrees}")
-        if depth < 0:
-            raise ValueError(f"depth must be >= 0, got {depth}")
-        if tensor_product not in TENSOR_PRODUCTS:
-            raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
-        if num_edge_tokens is not None and not edge_dim:
-            raise ValueError("num_edge_tokens needs edge_dim (the width of the edge-token embedding) > 0")
-        if num_adj_degrees_embed is not None and num_adj_degrees_embed < 1:
-            raise ValueError(f"num_adj_degrees_embed must be >= 1, got {num_adj_degrees_embed}")
-        if not attend_sparse_neighbors and num_neighbors == 0:
-            raise ValueError("num_neighbors = 0 leaves nothing to attend to unless attend_sparse_neighbors=True")
-        if num_neighbors < 0 or max_sparse_neighbors < 0:
-            raise ValueError("num_neighbors and max_sparse_neighbors must be >= 0")
-        if not valid_radius > 0:
-            raise ValueError(f"valid_radius must be > 0, got {valid_radius}")
-        if not 0.0 <= embedding_grad_frac <= 1.0:
-            raise ValueError(f"embedding_grad_frac must be in [0, 1], got {embedding_grad_frac}")
+        self._config = config
+        self.check_inputs = check_inputs  # value checks of forward inputs (a host sync); see validation
 
         self.dim = as_fiber(dim, num_degrees, "dim")
         self.num_degrees = num_degrees
@@ -140,6 +133,7 @@ class Equiformer(nn.Module):
         self.embedding_grad_frac = embedding_grad_frac
         self.tensor_product, self.reflection_equivariance = tensor_product, reflection_equivariance
         self.reduce_dim_out = reduce_dim_out
+        self.edge_chunk_size = edge_chunk_size
 
         self.token_emb = nn.Embedding(num_tokens, self.dim_in[0]) if num_tokens else None
         self.pos_emb = nn.Embedding(num_positions, self.dim_in[0]) if num_positions else None
@@ -193,32 +187,31 @@ class Equiformer(nn.Module):
         else:
             self.head = FeedForward(self.dim, out_fiber, mult=ff_mult, zero_init_out=False)
 
+    @property
+    def config(self) -> dict:
+        """The constructor keywords, all of them, as a plain dict: save it next to the
+        ``state_dict`` (it loads with ``torch.load(weights_only=True)``) and rebuild the model
+        with ``Equiformer.from_config``."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Equiformer":
+        return cls(**config)
+
     # ------------------------------------------------------------------ inputs
     def _input_features(self, inputs: Tensor | dict, b: int, n: int) -> dict[int, Tensor]:
         """Padded per-degree inputs: ``{0: (b, n, d0), l: (b, n, d_l, 2l+1)}``."""
+        check_features(self, inputs, b, n)
         feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
-        if set(feats) != set(range(self.input_degrees)):
-            raise ValueError(f"inputs must have degrees {list(range(self.input_degrees))}, got {sorted(feats)}")
         x0 = feats[0]
         if self.token_emb is not None:
-            if x0.dtype.is_floating_point or x0.shape != (b, n):
-                raise ValueError(f"inputs with num_tokens must be integer token ids of shape {(b, n)}, got {tuple(x0.shape)} {x0.dtype}")
             x0 = self.token_emb(x0)
-        else:
-            if x0.ndim == 4 and x0.shape[-1] == 1:
-                x0 = x0[..., 0]
-            if x0.shape != (b, n, self.dim_in[0]):
-                raise ValueError(f"type-0 inputs must have shape {(b, n, self.dim_in[0])}, got {tuple(x0.shape)}")
+        elif x0.ndim == 4:
+            x0 = x0[..., 0]
         if self.pos_emb is not None:
-            if n > self.num_positions:
-                raise ValueError(f"sequence length {n} exceeds num_positions={self.num_positions}")
             x0 = x0 + self.pos_emb(torch.arange(n, device=x0.device))
         frac = self.embedding_grad_frac
         feats[0] = frac * x0 + (1 - frac) * x0.detach()
-        for l in range(1, self.input_degrees):
-            expected = (b, n, self.dim_in[l], 2 * l + 1)
-            if tuple(feats[l].shape) != expected:
-                raise ValueError(f"degree-{l} inputs must have shape {expected}, got {tuple(feats[l].shape)}")
         return feats
 
     def _edge_scalars(self, dist: Tensor, graph, edge_lookup) -> Tensor:
@@ -246,18 +239,14 @@ class Equiformer(nn.Module):
         edges: Tensor | None = None,
         return_pooled: bool = False,
     ) -> Return:
-        if coors.ndim != 3 or coors.shape[-1] != 3:
-            raise ValueError(f"coors must have shape (batch, nodes, 3), got {tuple(coors.shape)}")
+        check_forward(self, coors, mask, adj_mat, edges)
         b, n, _ = coors.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=coors.device)
-        mask = mask.bool()
         feats = self._input_features(inputs, b, n)
         if adj_mat is not None and adj_mat.ndim == 2:
             adj_mat = adj_mat[None].expand(b, n, n)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
-        if needs_adjacency and adj_mat is None:
-            raise ValueError("adj_mat (n, n) or (b, n, n) is required with attend_sparse_neighbors or num_adj_degrees_embed")
 
         node_ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
         x = self._pack_features(feats, node_ids, b * n)
@@ -326,6 +315,12 @@ class Equiformer(nn.Module):
             out[l] = t
         return Return(out)
 
+    def _radial(self, scalars: Tensor) -> Tensor:
+        """Shared radial trunk; recomputed in backward instead of stored when chunking edges."""
+        if self.edge_chunk_size is not None and scalars.shape[0] > self.edge_chunk_size:
+            return checkpoint(self.radial_trunk, scalars, use_reentrant=False)
+        return self.radial_trunk(scalars)
+
     def _pack_features(self, feats: dict[int, Tensor], node_ids: Tensor, size: int) -> Tensor:
         """Padded per-degree inputs -> flat ``(N, F_in)`` features of the real nodes."""
         parts = [feats[0].reshape(size, -1).index_select(0, node_ids)]  # (N, d0)
@@ -360,10 +355,11 @@ class Equiformer(nn.Module):
             node_graph=node_ids // n,
             num_graphs=b,
             weight=weight,
-            edge_attr=self.radial_trunk(self._edge_scalars(dist, graph, edge_lookup)),
+            edge_attr=self._radial(self._edge_scalars(dist, graph, edge_lookup)),
             lmax=self.num_degrees - 1,
             tensor_product=self.tensor_product,
         )
+        geometry.edge_chunk_size = self.edge_chunk_size
         x = x.to(pos.dtype)
         x = self.input_embedding(x, geometry)
         x = self.blocks(x, geometry)

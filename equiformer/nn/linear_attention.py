@@ -35,5 +35,5 @@ class GlobalLinearAttention(nn.Module):
         k = (k / segment_sum(k, node_graph, num_graphs).index_select(0, node_graph)).to(v.dtype)
         context = segment_sum(k[..., :, None] * v[..., None, :], node_graph, num_graphs)  # (G, H, D, D)
         out = torch.einsum("nhd,nhde->nhe", q, context.index_select(0, node_graph))
-        out = out.reshape(n, -1)
+        out = out.reshape(n, self.heads * self.dim_head)
         return out * torch.sigmoid(self.to_gate(x))

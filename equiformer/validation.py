@@ -1,0 +1,303 @@
+"""Checks at the public boundary of ``Equiformer``: constructor arguments and forward inputs.
+
+Every error names the argument, what was expected and what was received.  ``TypeError`` for a
+wrong Python type or tensor dtype, ``ValueError`` for a wrong shape, value, range or device.
+
+Shape, dtype and device checks read only tensor metadata and cost nothing.  The checks that read
+tensor *values* (coordinates finite, token ids in range) need a device-to-host sync; they run
+while ``model.check_inputs`` is true (the default) and can be switched off for speed on a GPU,
+``Equiformer(..., check_inputs=False)`` or ``model.check_inputs = False``.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .nn.edge_geometry import TENSOR_PRODUCTS
+
+_FLAGS = (
+    "reduce_dim_out",
+    "attend_self",
+    "linear_out",
+    "single_headed_kv",
+    "ff_include_htype_norms",
+    "l2_dist_attention",
+    "reversible",
+    "attend_sparse_neighbors",
+    "gate_attn_head_outputs",
+    "reflection_equivariance",
+    "check_inputs",
+)
+
+
+# ---------------------------------------------------------------------------------- constructor
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(config: Mapping[str, Any], name: str, minimum: int, optional: bool = False) -> None:
+    value = config[name]
+    if optional and value is None:
+        return
+    if not _is_int(value):
+        what = "None or an integer" if optional else "an integer"
+        raise TypeError(f"{name} must be {what} >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_count(config: Mapping[str, Any], name: str) -> None:
+    """A neighbour count: an integer >= 0 or ``inf`` (no limit)."""
+    value = config[name]
+    if not _is_real(value) or not (value == math.inf or float(value).is_integer()):
+        raise TypeError(f"{name} must be an integer >= 0 or float('inf'), got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_per_degree(config: Mapping[str, Any], name: str, count_name: str) -> None:
+    """An int for every degree, or one positive int per degree (``config[count_name]`` of them)."""
+    value, count = config[name], config[count_name]
+    values = (value,) if _is_int(value) else value
+    if not isinstance(values, Sequence) or isinstance(values, str) or not all(_is_int(v) for v in values):
+        raise TypeError(f"{name} must be an int or a sequence of ints (one per degree), got {value!r}")
+    if not _is_int(value) and len(values) != count:
+        raise ValueError(f"{name} must give one value per degree ({count_name}={count}), got {len(values)}: {tuple(value)}")
+    if any(v < 1 for v in values):
+        raise ValueError(f"{name} must be >= 1 for every degree, got {value!r}")
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Refuse constructor arguments that are malformed or cannot work together.
+
+    ``config``: the keyword arguments of ``Equiformer.__init__``, all of them."""
+    for name in _FLAGS:
+        if not isinstance(config[name], (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {config[name]!r}")
+    _check_int(config, "num_degrees", 1)
+    _check_int(config, "input_degrees", 1)
+    if config["input_degrees"] > config["num_degrees"]:
+        raise ValueError(
+            f"input_degrees must be <= num_degrees ({config['num_degrees']}), got {config['input_degrees']}"
+        )
+    for name in ("dim", "heads", "dim_head"):
+        _check_per_degree(config, name, "num_degrees")
+    if config["dim_in"] is not None:
+        _check_per_degree(config, "dim_in", "input_degrees")
+    _check_int(config, "depth", 0)
+    for name in ("radial_hidden_dim", "linear_attn_dim_head", "attn_hidden_dim_mult", "ff_mult"):
+        _check_int(config, name, 1)
+    _check_int(config, "num_linear_attn_heads", 0)
+    _check_int(config, "adj_dim", 0)
+    _check_int(config, "num_radial_basis", 2)
+    for name in ("num_tokens", "num_positions", "num_edge_tokens", "num_adj_degrees_embed"):
+        _check_int(config, name, 1, optional=True)
+    _check_int(config, "edge_dim", 0, optional=True)
+    if "edge_chunk_size" in config:
+        _check_int(config, "edge_chunk_size", 1, optional=True)
+    _check_count(config, "num_neighbors")
+    _check_count(config, "max_sparse_neighbors")
+
+    radius = config["valid_radius"]
+    if not _is_real(radius) or not radius > 0:  # NaN fails too
+        raise ValueError(f"valid_radius must be a number > 0 (float('inf') for no cutoff), got {radius!r}")
+    radial_max = config["radial_max_distance"]
+    if radial_max is not None and (not _is_real(radial_max) or not 0 < radial_max < math.inf):
+        raise ValueError(f"radial_max_distance must be None or a finite number > 0, got {radial_max!r}")
+    frac = config["embedding_grad_frac"]
+    if not _is_real(frac) or not 0.0 <= frac <= 1.0:
+        raise ValueError(f"embedding_grad_frac must be a number in [0, 1], got {frac!r}")
+    slope = config["attn_leakyrelu_slope"]
+    if not _is_real(slope) or not math.isfinite(slope):
+        raise ValueError(f"attn_leakyrelu_slope must be a finite number, got {slope!r}")
+    if config["tensor_product"] not in TENSOR_PRODUCTS:
+        raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {config['tensor_product']!r}")
+
+    # combinations
+    if config["num_edge_tokens"] is not None and not config["edge_dim"]:
+        raise ValueError(
+            f"num_edge_tokens={config['num_edge_tokens']} needs edge_dim >= 1 (the width of the edge-token "
+            f"embedding), got edge_dim={config['edge_dim']!r}"
+        )
+    if config["num_neighbors"] == 0 and not config["attend_sparse_neighbors"]:
+        raise ValueError("num_neighbors=0 leaves nothing to attend to unless attend_sparse_neighbors=True")
+    if config["adj_dim"] > 0 and config["num_adj_degrees_embed"] is None:
+        raise ValueError(
+            f"adj_dim={config['adj_dim']} embeds hop distances, which needs num_adj_degrees_embed >= 1, got None"
+        )
+    if not config["linear_out"] and not config["reduce_dim_out"]:
+        raise ValueError("linear_out=False picks the output head of reduce_dim_out=True; with reduce_dim_out=False there is no head")
+
+
+# ---------------------------------------------------------------------------------- forward
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _model_reference(model) -> Tensor | None:
+    """A floating parameter: the model's dtype and device."""
+    return next((p for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _check_tensor(name: str, value: Any) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_placement(name: str, t: Tensor, ref: Tensor | None, floating: bool) -> None:
+    """Same device as the model; floating tensors also in the model's dtype."""
+    if ref is None:
+        return
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but the model is on {ref.device}: move one of them with .to(...)")
+    if floating and t.dtype != ref.dtype:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but the model's parameters are {ref.dtype}: convert one of them with .to(...) "
+            "(for mixed precision keep both in float32 and use torch.autocast)"
+        )
+
+
+def _check_floating(name: str, t: Tensor, what: str) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor ({what}), got dtype {t.dtype}")
+
+
+def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool) -> None:
+    """Integer ids in ``[0, size)``."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of ids in [0, {size_name}={size}), got dtype {ids.dtype}")
+    if check_values and ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= size:
+            raise ValueError(f"{name} must be ids in [0, {size_name}={size}), got values in [{low}, {high}]")
+
+
+def check_features(model, inputs: Any, b: int, n: int) -> None:
+    """``inputs`` of ``forward``: token ids ``(b, n)``, features ``(b, n, d0)`` (or ``(b, n, d0, 1)``),
+    or ``{l: (b, n, d_l, 2l + 1)}`` for every input degree (degree 0 as token ids with num_tokens)."""
+    ref = _model_reference(model)
+    if isinstance(inputs, Mapping):
+        keys = list(inputs)
+        if not all(_is_int(k) for k in keys):
+            raise TypeError(f"inputs dict keys must be the integer degrees 0..{model.input_degrees - 1}, got {keys!r}")
+        expected = set(range(model.input_degrees))
+        missing, extra = sorted(expected - set(keys)), sorted(set(keys) - expected)
+        if missing or extra:
+            raise ValueError(
+                f"inputs must have exactly the degrees {sorted(expected)} (input_degrees={model.input_degrees}), "
+                f"got {sorted(keys)}" + (f"; missing {missing}" if missing else "") + (f"; extra {extra}" if extra else "")
+            )
+        feats = {l: _check_tensor(f"inputs[{l}]", inputs[l]) for l in keys}
+        name0 = "inputs[0]"
+    elif isinstance(inputs, Tensor):
+        if model.input_degrees > 1:
+            raise TypeError(
+                f"inputs must be a dict {{0: ..., ..., {model.input_degrees - 1}: ...}} with input_degrees="
+                f"{model.input_degrees}, got a single tensor of shape {_shape(inputs)}"
+            )
+        feats, name0 = {0: inputs}, "inputs"
+    else:
+        raise TypeError(f"inputs must be a torch.Tensor or a dict of tensors by degree, got {type(inputs).__name__}")
+
+    x0 = feats[0]
+    if model.num_tokens:
+        _check_placement(name0, x0, ref, floating=False)
+        _check_ids(name0, x0, "num_tokens", model.num_tokens, model.check_inputs)
+        if _shape(x0) != (b, n):
+            raise ValueError(f"{name0} must be token ids of shape (batch, nodes) = {(b, n)} like coors, got {_shape(x0)}")
+    else:
+        if not x0.is_floating_point():
+            raise TypeError(
+                f"{name0} has integer dtype {x0.dtype}: token ids need num_tokens in the constructor; "
+                f"this model takes float features of shape (batch, nodes, dim_in[0]) = {(b, n, model.dim_in[0])}"
+            )
+        d0 = model.dim_in[0]
+        if _shape(x0) not in ((b, n, d0), (b, n, d0, 1)):
+            raise ValueError(
+                f"{name0} must have shape (batch, nodes, dim_in[0]) = {(b, n, d0)} (batch and nodes as in coors), got {_shape(x0)}"
+            )
+        _check_placement(name0, x0, ref, floating=True)
+    for l in range(1, model.input_degrees):
+        t = feats[l]
+        expected = (b, n, model.dim_in[l], 2 * l + 1)
+        _check_floating(f"inputs[{l}]", t, f"degree-{l} features")
+        if _shape(t) != expected:
+            raise ValueError(
+                f"inputs[{l}] must have shape (batch, nodes, dim_in[{l}], 2l+1) = {expected}, got {_shape(t)}"
+            )
+        _check_placement(f"inputs[{l}]", t, ref, floating=True)
+    if model.num_positions and n > model.num_positions:
+        raise ValueError(f"inputs have {n} nodes but num_positions={model.num_positions} positions are embedded")
+
+
+def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> None:
+    """Everything ``forward`` takes except ``inputs`` (see ``check_features``)."""
+    ref = _model_reference(model)
+    coors = _check_tensor("coors", coors)
+    _check_floating("coors", coors, "Cartesian positions")
+    if coors.ndim != 3 or coors.shape[-1] != 3:
+        raise ValueError(f"coors must have shape (batch, nodes, 3), got {_shape(coors)}")
+    _check_placement("coors", coors, ref, floating=True)
+    b, n, _ = coors.shape
+
+    if mask is not None:
+        mask = _check_tensor("mask", mask)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True: real node), got dtype {mask.dtype}")
+        if _shape(mask) != (b, n):
+            raise ValueError(f"mask must have shape (batch, nodes) = {(b, n)} like coors, got {_shape(mask)}")
+        _check_placement("mask", mask, ref, floating=False)
+
+    needs_adjacency = model.attend_sparse_neighbors or model.num_adj_degrees_embed
+    if adj_mat is not None:
+        adj_mat = _check_tensor("adj_mat", adj_mat)
+        if _shape(adj_mat) not in ((n, n), (b, n, n)):
+            raise ValueError(f"adj_mat must have shape (nodes, nodes) = {(n, n)} or (batch, nodes, nodes) = {(b, n, n)}, got {_shape(adj_mat)}")
+        _check_placement("adj_mat", adj_mat, ref, floating=False)
+    elif needs_adjacency:
+        raise ValueError(f"adj_mat {(n, n)} or {(b, n, n)} is required with attend_sparse_neighbors or num_adj_degrees_embed")
+
+    if edges is not None:
+        edges = _check_tensor("edges", edges)
+        if not model.edge_dim:
+            raise ValueError("edges were given but this model has no edge inputs: construct it with edge_dim (and num_edge_tokens for ids)")
+        if model.edge_emb is not None:
+            _check_placement("edges", edges, ref, floating=False)
+            _check_ids("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, model.check_inputs)
+            if _shape(edges) != (b, n, n):
+                raise ValueError(f"edges must be edge-token ids of shape (batch, nodes, nodes) = {(b, n, n)}, got {_shape(edges)}")
+        else:
+            _check_floating("edges", edges, "edge features, or construct the model with num_edge_tokens for ids")
+            if _shape(edges) != (b, n, n, model.edge_dim):
+                raise ValueError(f"edges must have shape (batch, nodes, nodes, edge_dim) = {(b, n, n, model.edge_dim)}, got {_shape(edges)}")
+            _check_placement("edges", edges, ref, floating=True)
+    elif model.edge_dim:
+        raise ValueError(
+            f"edges are required: this model has edge_dim={model.edge_dim}; pass edges={(b, n, n)} ids "
+            f"(with num_edge_tokens) or {(b, n, n, model.edge_dim)} features"
+        )
+
+    if model.check_inputs:
+        finite = torch.isfinite(coors).all(-1)
+        if mask is not None:
+            finite = finite | ~mask  # padding may hold anything (sidechainnet pads with NaN)
+        if not bool(finite.all()):
+            bi, i = (~finite).nonzero()[0].tolist()
+            count = int((~finite).sum())
+            raise ValueError(
+                f"coors must be finite at every real (unmasked) node, got NaN or inf at {count} node(s), "
+                f"first at [batch {bi}, node {i}] (check_inputs=False skips this check)"
+            )
+
+
+__all__ = ["TENSOR_PRODUCTS", "check_config", "check_features", "check_forward"]

@@ -1,0 +1,246 @@
+"""Bad inputs and bad constructor arguments fail loudly, with the exception type the kind of
+mistake calls for (TypeError: types and dtypes; ValueError: shapes, values, devices) and a message
+that names the argument and says what was expected and what was received."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from equiformer import Equiformer
+from model_factory import chain_adjacency
+
+B, N = 2, 6
+
+# tiny models, one per kind of input; float64 so that float32 tensors count as a dtype mismatch
+MODELS = {
+    "features": dict(dim=(4, 2), dim_in=3, num_degrees=2),
+    "degrees": dict(dim=(4, 2), dim_in=(3, 2), num_degrees=2, input_degrees=2),
+    "tokens": dict(
+        dim=(4, 2), num_degrees=2, num_tokens=5, num_positions=8, num_edge_tokens=3, edge_dim=2,
+        attend_sparse_neighbors=True, num_adj_degrees_embed=1,
+    ),
+    "edge_features": dict(dim=(4, 2), dim_in=3, num_degrees=2, edge_dim=2),
+}
+
+
+def build(kind: str, **overrides) -> Equiformer:
+    torch.manual_seed(0)
+    config = dict(depth=1, heads=1, dim_head=2, num_neighbors=4)
+    config.update(MODELS[kind], **overrides)
+    return Equiformer(**config).double()
+
+
+def good_arguments(kind: str) -> dict:
+    """Arguments that ``build(kind)`` accepts; each case below spoils one of them."""
+    g = torch.Generator().manual_seed(0)
+    args = dict(coors=torch.randn(B, N, 3, dtype=torch.float64, generator=g), mask=torch.ones(B, N, dtype=torch.bool))
+    if kind == "tokens":
+        args["inputs"] = torch.randint(0, 5, (B, N), generator=g)
+        args["adj_mat"] = chain_adjacency(N)
+        args["edges"] = torch.randint(0, 3, (B, N, N), generator=g)
+    elif kind == "degrees":
+        args["inputs"] = {0: torch.randn(B, N, 3, dtype=torch.float64), 1: torch.randn(B, N, 2, 3, dtype=torch.float64)}
+    else:
+        args["inputs"] = torch.randn(B, N, 3, dtype=torch.float64, generator=g)
+    if kind == "edge_features":
+        args["edges"] = torch.randn(B, N, N, 2, dtype=torch.float64, generator=g)
+    return args
+
+
+def _set(key, value):
+    return lambda a: a.update({key: value(a) if callable(value) else value})
+
+
+def _set_degree(l, value):
+    return lambda a: a["inputs"].update({l: value(a)})
+
+
+meta = torch.device("meta")
+
+# id: (model kind, spoil the arguments, exception type, strings the message must contain)
+FORWARD_CASES = {
+    # coordinates
+    "coors_not_a_tensor": ("features", _set("coors", lambda a: a["coors"].tolist()), TypeError, ["coors", "Tensor", "list"]),
+    "coors_integer": ("features", _set("coors", lambda a: a["coors"].long()), TypeError, ["coors", "int64"]),
+    "coors_last_axis_2": ("features", _set("coors", lambda a: a["coors"][..., :2]), ValueError, ["coors", "(batch, nodes, 3)", "(2, 6, 2)"]),
+    "coors_2d": ("features", _set("coors", lambda a: a["coors"][0]), ValueError, ["coors", "(6, 3)"]),
+    "coors_nan": ("features", lambda a: a["coors"].__setitem__((1, 4, 0), math.nan), ValueError, ["coors", "finite", "batch 1, node 4"]),
+    "coors_inf": ("features", lambda a: a["coors"].__setitem__((0, 2, 1), math.inf), ValueError, ["coors", "finite", "check_inputs"]),
+    "coors_float32_model_float64": ("features", _set("coors", lambda a: a["coors"].float()), TypeError, ["coors", "float32", "float64"]),
+    "coors_other_device": ("features", _set("coors", lambda a: a["coors"].to(meta)), ValueError, ["coors", "meta", "cpu"]),
+    # features
+    "inputs_not_a_tensor": ("features", _set("inputs", lambda a: a["inputs"].numpy()), TypeError, ["inputs", "ndarray"]),
+    "inputs_batch_mismatch": ("features", _set("inputs", lambda a: a["inputs"][:1]), ValueError, ["inputs", "(2, 6, 3)", "(1, 6, 3)"]),
+    "inputs_nodes_mismatch": ("features", _set("inputs", lambda a: a["inputs"][:, :5]), ValueError, ["inputs", "(2, 6, 3)", "(2, 5, 3)"]),
+    "inputs_wrong_width": ("features", _set("inputs", lambda a: a["inputs"][..., :2]), ValueError, ["inputs", "dim_in[0]", "(2, 6, 2)"]),
+    "inputs_integer_without_num_tokens": ("features", _set("inputs", torch.zeros(B, N, dtype=torch.long)), TypeError, ["inputs", "num_tokens", "int64"]),
+    "inputs_float32_model_float64": ("features", _set("inputs", lambda a: a["inputs"].float()), TypeError, ["inputs", "float32", "float64"]),
+    "inputs_other_device": ("features", _set("inputs", lambda a: a["inputs"].to(meta)), ValueError, ["inputs", "meta"]),
+    "tokens_float_with_num_tokens": ("tokens", _set("inputs", lambda a: a["inputs"].double()), TypeError, ["inputs", "num_tokens", "float64"]),
+    "tokens_too_large": ("tokens", lambda a: a["inputs"].__setitem__((1, 3), 5), ValueError, ["inputs", "num_tokens=5", "[0, 5]"]),
+    "tokens_negative": ("tokens", lambda a: a["inputs"].__setitem__((0, 0), -1), ValueError, ["inputs", "num_tokens=5", "-1"]),
+    "tokens_wrong_shape": ("tokens", _set("inputs", lambda a: a["inputs"][:, :, None]), ValueError, ["inputs", "(2, 6)", "(2, 6, 1)"]),
+    "tokens_other_device": ("tokens", _set("inputs", lambda a: a["inputs"].to(meta)), ValueError, ["inputs", "meta"]),
+    "tokens_beyond_num_positions": (
+        "tokens",
+        lambda a: a.update(
+            inputs=torch.zeros(B, 9, dtype=torch.long), coors=torch.randn(B, 9, 3, dtype=torch.float64),
+            mask=None, adj_mat=chain_adjacency(9), edges=torch.zeros(B, 9, 9, dtype=torch.long),
+        ),
+        ValueError,
+        ["num_positions=8", "9"],
+    ),
+    # degree dictionaries
+    "dict_missing_degree": ("degrees", lambda a: a["inputs"].pop(1), ValueError, ["inputs", "missing [1]"]),
+    "dict_extra_degree": ("degrees", _set_degree(2, lambda a: torch.randn(B, N, 2, 5, dtype=torch.float64)), ValueError, ["inputs", "extra [2]"]),
+    "dict_string_keys": ("degrees", _set("inputs", lambda a: {str(k): v for k, v in a["inputs"].items()}), TypeError, ["inputs", "'0'"]),
+    "dict_wrong_last_axis": ("degrees", _set_degree(1, lambda a: a["inputs"][1][..., :2]), ValueError, ["inputs[1]", "2l+1", "(2, 6, 2, 2)"]),
+    "dict_wrong_channels": ("degrees", _set_degree(1, lambda a: a["inputs"][1][:, :, :1]), ValueError, ["inputs[1]", "dim_in[1]", "(2, 6, 1, 3)"]),
+    "dict_integer_degree1": ("degrees", _set_degree(1, lambda a: a["inputs"][1].long()), TypeError, ["inputs[1]", "int64"]),
+    "dict_expected_got_tensor": ("degrees", _set("inputs", lambda a: a["inputs"][0]), TypeError, ["inputs", "dict", "input_degrees=2"]),
+    # mask
+    "mask_float": ("features", _set("mask", lambda a: a["mask"].double()), TypeError, ["mask", "bool", "float64"]),
+    "mask_wrong_shape": ("features", _set("mask", lambda a: a["mask"][:, :4]), ValueError, ["mask", "(2, 6)", "(2, 4)"]),
+    "mask_other_device": ("features", _set("mask", lambda a: a["mask"].to(meta)), ValueError, ["mask", "meta"]),
+    # adjacency
+    "adj_mat_wrong_shape": ("tokens", _set("adj_mat", chain_adjacency(N + 1)), ValueError, ["adj_mat", "(6, 6)", "(7, 7)"]),
+    "adj_mat_wrong_batch": ("tokens", _set("adj_mat", chain_adjacency(N)[None].expand(3, N, N)), ValueError, ["adj_mat", "(2, 6, 6)", "(3, 6, 6)"]),
+    "adj_mat_other_device": ("tokens", _set("adj_mat", chain_adjacency(N).to(meta)), ValueError, ["adj_mat", "meta"]),
+    "adj_mat_missing": ("tokens", _set("adj_mat", None), ValueError, ["adj_mat", "required", "attend_sparse_neighbors"]),
+    # edges
+    "edges_token_too_large": ("tokens", lambda a: a["edges"].__setitem__((0, 1, 2), 3), ValueError, ["edges", "num_edge_tokens=3", "3]"]),
+    "edges_token_negative": ("tokens", lambda a: a["edges"].__setitem__((0, 1, 2), -2), ValueError, ["edges", "num_edge_tokens=3", "-2"]),
+    "edges_float_for_tokens": ("tokens", _set("edges", lambda a: a["edges"].double()), TypeError, ["edges", "integer", "float64"]),
+    "edges_token_wrong_shape": ("tokens", _set("edges", lambda a: a["edges"][:, :5]), ValueError, ["edges", "(2, 6, 6)", "(2, 5, 6)"]),
+    "edges_other_device": ("tokens", _set("edges", lambda a: a["edges"].to(meta)), ValueError, ["edges", "meta"]),
+    "edges_missing": ("tokens", _set("edges", None), ValueError, ["edges", "required", "edge_dim=2"]),
+    "edges_features_wrong_width": ("edge_features", _set("edges", lambda a: a["edges"][..., :1]), ValueError, ["edges", "edge_dim", "(2, 6, 6, 2)", "(2, 6, 6, 1)"]),
+    "edges_features_integer": ("edge_features", _set("edges", lambda a: a["edges"].long()), TypeError, ["edges", "int64"]),
+    "edges_without_edge_dim": ("features", _set("edges", torch.zeros(B, N, N, dtype=torch.long)), ValueError, ["edges", "edge_dim"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_good_arguments_are_accepted(kind):
+    """The control: every case below changes exactly one thing about arguments that work."""
+    out = build(kind)(**good_arguments(kind))
+    assert torch.isfinite(out.type0).all() and out.type0.shape[:2] == (B, N)
+
+
+@pytest.mark.parametrize("case", sorted(FORWARD_CASES))
+def test_bad_forward_input_is_refused(case):
+    kind, spoil, error, fragments = FORWARD_CASES[case]
+    model = build(kind)
+    args = good_arguments(kind)
+    spoil(args)
+    with pytest.raises(error) as info:
+        model(**args)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_value_checks_can_be_switched_off():
+    """``check_inputs=False`` skips the checks that read values (a host sync on GPUs); the
+    metadata checks stay."""
+    model = build("features", check_inputs=False)
+    args = good_arguments("features")
+    args["coors"][0, 1] = math.nan
+    out = model(**args)  # no ValueError (the NaN node silently loses its neighbours)
+    assert out.type0.shape == (B, N, 4)
+    model.check_inputs = True
+    with pytest.raises(ValueError, match="coors"):
+        model(**args)
+    model.check_inputs = False
+    with pytest.raises(ValueError, match="mask"):
+        model(**{**args, "mask": args["mask"][:, :2]})
+
+
+def test_non_finite_coordinates_of_padding_are_allowed():
+    """Padding may hold anything (sidechainnet 1.x pads with NaN); real nodes stay finite."""
+    model = build("features")
+    args = good_arguments("features")
+    args["mask"][1, 3:] = False
+    args["coors"][1, 3:] = math.nan
+    out = model(**args)
+    assert torch.isfinite(out.type0).all() and torch.isfinite(out.type1).all()
+
+
+# ---------------------------------------------------------------------------------- constructor
+BASE = dict(dim=4, num_degrees=2, depth=1, heads=1, dim_head=2)
+
+# id: (overrides, exception type, strings the message must contain)
+CONSTRUCTOR_CASES = {
+    "num_edge_tokens_without_edge_dim": (dict(num_edge_tokens=4), ValueError, ["num_edge_tokens=4", "edge_dim"]),
+    "num_edge_tokens_edge_dim_zero": (dict(num_edge_tokens=4, edge_dim=0), ValueError, ["num_edge_tokens", "edge_dim=0"]),
+    "heads_wrong_length": (dict(heads=(1, 1, 1)), ValueError, ["heads", "num_degrees=2", "(1, 1, 1)"]),
+    "dim_head_wrong_length": (dict(dim_head=(2,)), ValueError, ["dim_head", "2", "(2,)"]),
+    "dim_wrong_length": (dict(dim=(4, 4, 4)), ValueError, ["dim", "one value per degree"]),
+    "dim_zero": (dict(dim=(4, 0)), ValueError, ["dim", ">= 1", "(4, 0)"]),
+    "dim_negative": (dict(dim=-3), ValueError, ["dim", "-3"]),
+    "dim_float": (dict(dim=4.0), TypeError, ["dim", "4.0"]),
+    "heads_zero": (dict(heads=0), ValueError, ["heads", ">= 1"]),
+    "dim_head_not_numbers": (dict(dim_head="2"), TypeError, ["dim_head", "'2'"]),
+    "num_neighbors_zero_without_sparse": (dict(num_neighbors=0), ValueError, ["num_neighbors=0", "attend_sparse_neighbors"]),
+    "num_neighbors_negative": (dict(num_neighbors=-1), ValueError, ["num_neighbors", "-1"]),
+    "num_neighbors_fractional": (dict(num_neighbors=2.5), TypeError, ["num_neighbors", "2.5"]),
+    "max_sparse_neighbors_negative": (dict(max_sparse_neighbors=-2), ValueError, ["max_sparse_neighbors", "-2"]),
+    "input_degrees_above_num_degrees": (dict(input_degrees=3), ValueError, ["input_degrees", "num_degrees (2)", "3"]),
+    "input_degrees_zero": (dict(input_degrees=0), ValueError, ["input_degrees", ">= 1", "0"]),
+    "num_degrees_zero": (dict(num_degrees=0), ValueError, ["num_degrees", ">= 1"]),
+    "dim_in_wrong_length": (dict(dim_in=(3, 2)), ValueError, ["dim_in", "input_degrees=1", "(3, 2)"]),
+    "dim_in_zero": (dict(input_degrees=2, dim_in=(3, 0)), ValueError, ["dim_in", ">= 1"]),
+    "depth_negative": (dict(depth=-1), ValueError, ["depth", "-1"]),
+    "num_tokens_zero": (dict(num_tokens=0), ValueError, ["num_tokens", ">= 1", "0"]),
+    "num_positions_float": (dict(num_positions=10.0), TypeError, ["num_positions", "10.0"]),
+    "edge_dim_negative": (dict(edge_dim=-1), ValueError, ["edge_dim", "-1"]),
+    "num_adj_degrees_embed_zero": (dict(num_adj_degrees_embed=0), ValueError, ["num_adj_degrees_embed", ">= 1"]),
+    "adj_dim_without_num_adj_degrees_embed": (dict(adj_dim=4), ValueError, ["adj_dim=4", "num_adj_degrees_embed"]),
+    "adj_dim_negative": (dict(adj_dim=-1, num_adj_degrees_embed=1), ValueError, ["adj_dim", "-1"]),
+    "linear_out_false_without_reduce_dim_out": (dict(linear_out=False), ValueError, ["linear_out=False", "reduce_dim_out"]),
+    "valid_radius_zero": (dict(valid_radius=0), ValueError, ["valid_radius", "> 0", "0"]),
+    "valid_radius_nan": (dict(valid_radius=math.nan), ValueError, ["valid_radius", "nan"]),
+    "radial_max_distance_negative": (dict(radial_max_distance=-1.0), ValueError, ["radial_max_distance", "-1.0"]),
+    "radial_max_distance_infinite": (dict(radial_max_distance=math.inf), ValueError, ["radial_max_distance", "inf"]),
+    "num_radial_basis_one": (dict(num_radial_basis=1), ValueError, ["num_radial_basis", ">= 2"]),
+    "radial_hidden_dim_zero": (dict(radial_hidden_dim=0), ValueError, ["radial_hidden_dim", ">= 1"]),
+    "num_linear_attn_heads_negative": (dict(num_linear_attn_heads=-1), ValueError, ["num_linear_attn_heads", "-1"]),
+    "ff_mult_zero": (dict(ff_mult=0), ValueError, ["ff_mult", ">= 1"]),
+    "tensor_product_unknown": (dict(tensor_product="fft"), ValueError, ["tensor_product", "'so2'", "'fft'"]),
+    "embedding_grad_frac_above_one": (dict(embedding_grad_frac=1.5), ValueError, ["embedding_grad_frac", "[0, 1]", "1.5"]),
+    "attn_leakyrelu_slope_nan": (dict(attn_leakyrelu_slope=math.nan), ValueError, ["attn_leakyrelu_slope", "nan"]),
+    "edge_chunk_size_zero": (dict(edge_chunk_size=0), ValueError, ["edge_chunk_size", "0"]),
+    "flag_not_bool": (dict(reversible="yes"), TypeError, ["reversible", "'yes'"]),
+    "check_inputs_not_bool": (dict(check_inputs=None), TypeError, ["check_inputs", "None"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONSTRUCTOR_CASES))
+def test_bad_constructor_arguments_are_refused(case):
+    overrides, error, fragments = CONSTRUCTOR_CASES[case]
+    with pytest.raises(error) as info:
+        Equiformer(**{**BASE, **overrides})
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_constructor_accepts_the_equivalent_good_values():
+    """Controls for the cases above: numpy integers and flags, ``inf`` neighbour counts, an
+    integral float count, per-degree tuples, and the combinations that do fit together."""
+    model = Equiformer(
+        **{**BASE, "dim": (np.int64(4), 2), "heads": (1, 2)},
+        num_neighbors=8.0,
+        max_sparse_neighbors=math.inf,
+        attend_sparse_neighbors=np.bool_(True),
+        num_edge_tokens=3,
+        edge_dim=2,
+        num_adj_degrees_embed=2,
+        adj_dim=3,
+        reduce_dim_out=True,
+        linear_out=False,
+        valid_radius=math.inf,
+    )
+    assert model.dim == (4, 2)
+    assert Equiformer(**BASE, num_neighbors=0, attend_sparse_neighbors=True).num_neighbors == 0
