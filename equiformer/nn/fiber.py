@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Fiber = tuple[int, ...]
 
@@ -105,3 +105,10 @@ def edge_positions(fiber: Fiber, order_major: bool) -> Tensor:
 def gated_fiber(fiber: Fiber) -> Fiber:
     """The fiber a ``Gate`` takes to produce ``fiber``: one extra scalar per l > 0 channel."""
     return (fiber[0] + sum(fiber[1:]), *fiber[1:])
+
+
+def parameters_of(plist: nn.ParameterList) -> list[nn.Parameter]:
+    """The parameters of a ``ParameterList`` as a plain list.  Indexing or slicing the list
+    itself goes through ``Module`` attribute machinery (tens of microseconds per call), which
+    adds up on hot paths called thousands of times per step."""
+    return list(plist._parameters.values())

@@ -10,7 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
-from .fiber import Fiber, layout
+from .fiber import Fiber, layout, parameters_of
 
 
 class InputEmbedding(nn.Module):
@@ -53,8 +53,9 @@ class InputEmbedding(nn.Module):
         norm = 1.0 + geometry.weight.new_zeros(n).index_add(0, geometry.dst, geometry.weight)  # (N,)
         out = out / norm[:, None]
         degrees = layout(self.fiber_in).split(x)
-        own = [torch.addmm(self.bias, degrees[0][:, 0], self.self_weights[0])]
-        own += [(xl @ w).reshape(n, xl.shape[1] * w.shape[1]) for xl, w in zip(degrees[1:], self.self_weights[1:])]
+        weights = parameters_of(self.self_weights)
+        own = [torch.addmm(self.bias, degrees[0][:, 0], weights[0])]
+        own += [(xl @ w).reshape(n, xl.shape[1] * w.shape[1]) for xl, w in zip(degrees[1:], weights[1:])]
         own = torch.cat(own, dim=-1)
         if own.shape[1] == out.shape[1]:
             return out + own

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .fiber import Fiber, layout
+from .fiber import Fiber, layout, parameters_of
 
 
 class EquivariantLinear(nn.Module):
@@ -30,11 +30,12 @@ class EquivariantLinear(nn.Module):
         """``(N, F_in) -> (N, F_out)``."""
         n = x.shape[0]
         degrees = layout(self.fiber_in).split(x)
+        weights = parameters_of(self.weights)
         scalars = degrees[0][:, 0]
         if self.bias is not None:
-            parts = [torch.addmm(self.bias, scalars, self.weights[0])]
+            parts = [torch.addmm(self.bias, scalars, weights[0])]
         else:
-            parts = [scalars @ self.weights[0]]
-        for xl, w in zip(degrees[1:], self.weights[1:]):
+            parts = [scalars @ weights[0]]
+        for xl, w in zip(degrees[1:], weights[1:]):
             parts.append((xl @ w).reshape(n, xl.shape[1] * w.shape[1]))  # (N, (2l+1) C_out)
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]

@@ -19,7 +19,7 @@ class _Runner:
     """What the autograd function needs to call the blocks."""
 
     def __init__(self, blocks: nn.ModuleList, geometry: EdgeGeometry):
-        self.blocks, self.geometry = blocks, geometry
+        self.blocks, self.geometry = list(blocks), geometry  # a plain list: cheap indexing
 
     def attn(self, i: int, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         return self.blocks[i].attn(x, geometry)
@@ -68,8 +68,9 @@ def _recompute_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
                 k = param_index[id(p)]
                 param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
 
-    for i in reversed(range(len(runner.blocks))):
-        block = runner.blocks[i]
+    blocks = list(runner.blocks)
+    for i in reversed(range(len(blocks))):
+        block = blocks[i]
         ff_params = [p for p in block.ff.parameters() if p.requires_grad]
         attn_params = [p for p in block.attn.parameters() if p.requires_grad]
         with torch.enable_grad():

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .fiber import Fiber, edge_order_major, layout
+from .fiber import Fiber, edge_order_major, layout, parameters_of
 
 
 def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
@@ -97,8 +97,6 @@ class SO2Convolution(nn.Module):
         # edge layout <-> degree-major, for the few rows handled without a frame
         self.register_buffer("in_to_degree", lay_in.order_inverse if self.in_order_major else torch.arange(lay_in.size), persistent=False)
         self.register_buffer("degree_to_out", out_edge, persistent=False)
-        # [[1, 0], [0, 1]] (x) W1 + [[0, 1], [-1, 0]] (x) W2: complex multiplication by W1 + i W2
-        self.register_buffer("_complex_basis", torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [-1.0, 0.0]]]), persistent=False)
         self.register_buffer("dense_target", self._dense_targets(in_pos.tolist(), out_pos.tolist(), lay_out.size), persistent=False)
 
     def _dense_targets(self, in_index: list[int], out_index: list[int], f_out: int) -> Tensor:
@@ -124,12 +122,13 @@ class SO2Convolution(nn.Module):
         return torch.cat(targets)
 
     def _values(self) -> Tensor:
-        values = [self.weight_real[0].flatten()]
+        real, imag = parameters_of(self.weight_real), parameters_of(self.weight_imag)
+        values = [real[0].flatten()]
         for m in range(1, self.mmax + 1):
-            w1 = self.weight_real[m].flatten()
+            w1 = real[m].flatten()
             values += [w1, w1]
             if not self.reflection:
-                w2 = self.weight_imag[m - 1].flatten()
+                w2 = imag[m - 1].flatten()
                 values += [w2, -w2]
         return torch.cat(values)
 
@@ -186,15 +185,15 @@ class SO2Convolution(nn.Module):
 
     def order_weights(self) -> list[Tensor]:
         """Per order m, the matrix acting on ``[x_+m | x_-m]``: ``[[W1, W2], [-W2, W1]]``."""
-        weights = [self.weight_real[0]]
+        real, imag = parameters_of(self.weight_real), parameters_of(self.weight_imag)
+        weights = [real[0]]
         for m in range(1, self.mmax + 1):
-            w1 = self.weight_real[m]
-            k, k_out = w1.shape
+            w1 = real[m]
             if self.reflection:
                 weights.append(torch.block_diag(w1, w1))
                 continue
-            pair = torch.stack([w1, self.weight_imag[m - 1]])  # (2, K, K')
-            weights.append(torch.einsum("sab,skl->akbl", self._complex_basis.to(w1.dtype), pair).reshape(2 * k, 2 * k_out))
+            w2 = imag[m - 1]
+            weights.append(torch.cat([torch.cat([w1, w2], 1), torch.cat([-w2, w1], 1)], 0))  # (2K, 2K')
         return weights
 
     def isotropic_weights(self) -> list[Tensor]:
@@ -205,7 +204,7 @@ class SO2Convolution(nn.Module):
             for m in range(l + 1):
                 # within order-m blocks, degree l starts after degrees m..l-1
                 ri, ro = sum(self.fiber_in[m:l]), sum(self.fiber_out[m:l])
-                block = self.weight_real[m][ri : ri + self.fiber_in[l], ro : ro + self.fiber_out[l]]
+                block = parameters_of(self.weight_real)[m][ri : ri + self.fiber_in[l], ro : ro + self.fiber_out[l]]
                 total = total + (block if m == 0 else 2 * block)
             weights.append(total / (2 * l + 1))
         return weights
