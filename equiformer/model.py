@@ -304,16 +304,7 @@ class Equiformer(nn.Module):
         if edge_index is not None:
             edge_lookup = sparse_edge_lookup(edge_index, edge_attr, node_ids, graph_index, size)
         x = self._run(x, padded_coors, mask, node_ids, pairs, edge_lookup)
-        out = {}
-        fiber = (1,) * self.num_degrees if self.head is not None else self.dim
-        for l, t in enumerate(layout(fiber).split(x)):  # (N, 2l+1, C)
-            t = t.transpose(-1, -2)
-            if l == 0:
-                t = t[..., 0]
-            if self.reduce_dim_out:
-                t = t.squeeze(-1) if l == 0 else t.squeeze(-2)
-            out[l] = t
-        return Return(out)
+        return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(x))})
 
     def _radial(self, scalars: Tensor) -> Tensor:
         """Shared radial trunk; recomputed in backward instead of stored when chunking edges."""
@@ -366,21 +357,29 @@ class Equiformer(nn.Module):
         x = self.norm(x)
         return self.head(x) if self.head is not None else x
 
+    def _degrees(self, x: Tensor) -> list[Tensor]:
+        """Flat outputs -> per-degree ``(N, 2l+1, C_l)`` views."""
+        return layout((1,) * self.num_degrees if self.head is not None else self.dim).split(x)
+
+    def _public_shape(self, t: Tensor, l: int) -> Tensor:
+        """``(..., C, 2l+1)`` -> the shapes equiformer-pytorch returns (type 0 without its
+        component axis; one channel squeezed away with ``reduce_dim_out``)."""
+        if l == 0:
+            t = t[..., 0]
+        if self.reduce_dim_out:
+            t = t.squeeze(-1) if l == 0 else t.squeeze(-2)
+        return t
+
     def _unpack(self, x: Tensor, node_ids: Tensor, mask: Tensor, pooled: bool) -> dict[int, Tensor]:
         b, n = mask.shape
-        fiber = (1,) * self.num_degrees if self.head is not None else self.dim
         out = {}
-        for l, t in enumerate(layout(fiber).split(x)):  # (N, 2l+1, C_l)
+        for l, t in enumerate(self._degrees(x)):  # (N, 2l+1, C_l)
             padded = t.new_zeros(b * n, *t.shape[1:]).index_copy(0, node_ids, t)
             padded = padded.view(b, n, 2 * l + 1, -1).transpose(-1, -2)  # (b, n, C, 2l+1)
             if pooled:
                 counts = mask.sum(1).clamp(min=1).to(t.dtype)
                 padded = padded.sum(1) / counts.view(b, *([1] * (padded.ndim - 2)))
-            if l == 0:
-                padded = padded[..., 0]
-            if self.reduce_dim_out:
-                padded = padded.squeeze(-1) if l == 0 else padded.squeeze(-2)
-            out[l] = padded
+            out[l] = self._public_shape(padded, l)
         return out
 
 
