@@ -6,7 +6,7 @@ denoise-like model ``--iterations`` times (new coordinates every call, as in tra
 optimizer step) and prints the peak RSS after ``--warmup`` calls and at the end, with the current
 RSS at a few checkpoints in between.
 
-    python benchmarks/memory_stability.py [--iterations 200] [--warmup 20] [--nodes 64]
+    python benchmarks/memory_stability.py [--iterations 200] [--warmup 20] [--nodes 64] [--reversible] [--quick]
 """
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reversible", action="store_true", help="reversible blocks (default: residual)")
+    parser.add_argument("--quick", action="store_true", help="a few tiny calls, for a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.iterations, args.warmup, args.nodes = 6, 2, 16
 
     torch.manual_seed(0)
     model = Equiformer(

@@ -4,12 +4,15 @@ Each size runs in a fresh subprocess so that its peak RSS is its own.  Nodes are
 protein-like density (one per ~10 cubic Angstrom).
 
     python benchmarks/node_scaling.py [--sizes 1000 2000 ...] [--backward-max 20000] [--quick]
+                                      [--reversible] [--edge-chunk-size 32768]
+
+``--reversible`` and ``--edge-chunk-size`` are the two memory levers for very large graphs:
+activation memory flat in depth, and edge activations bounded by the chunk instead of E.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,17 +20,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, peak_memory_since, peak_rss_mb, pick_device, start_memory, sync  # noqa: E402
+from common import machine_line, peak_memory_since, peak_rss_mb, pick_device, run_measurement, start_memory, sync  # noqa: E402
 
 CONFIG = dict(dim=32, num_degrees=3, heads=4, dim_head=8, depth=2, num_neighbors=16, num_tokens=24, reduce_dim_out=True)
 
 
-def run_one(n: int, backward: bool, device_name: str) -> dict:
+def run_one(n: int, backward: bool, device_name: str, config: dict) -> dict:
     from equiformer import Equiformer
 
     device = pick_device(device_name)
     torch.manual_seed(0)
-    model = Equiformer(**CONFIG).to(device)
+    model = Equiformer(**config).to(device)
     warm = torch.randint(0, 24, (1, 64), device=device)
     model(warm, torch.rand(1, 64, 3, device=device) * 8).type1.sum().backward()  # first-call set-up
     model.zero_grad(set_to_none=True)
@@ -56,20 +59,26 @@ def main() -> None:
     parser.add_argument("--backward-max", type=int, default=20000, help="largest n timed with backward")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reversible", action="store_true", help="reversible blocks")
+    parser.add_argument("--edge-chunk-size", type=int, default=None, help="process edges in chunks of this many")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    config = {**CONFIG, "reversible": args.reversible, "edge_chunk_size": args.edge_chunk_size}
     if args.one:
-        print(json.dumps(run_one(int(args.one[0]), args.one[1] == "bwd", args.device)))
+        print(json.dumps(run_one(int(args.one[0]), args.one[1] == "bwd", args.device, config)))
         return
     sizes = [200, 400] if args.quick else args.sizes
     print(machine_line(pick_device(args.device)))
-    print(f"config: {CONFIG}")
+    print(f"config: {config}")
     print(f"{'n':>7} {'pass':>8} {'seconds':>9} {'peak MB':>9} {'process peak MB':>16} {'KB/node':>8}")
     for n in sizes:
         for mode in ("fwd", "bwd"):
             if mode == "bwd" and n > args.backward_max:
                 continue
-            out = subprocess.run([sys.executable, __file__, "--one", str(n), mode, "--device", args.device], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--one", str(n), mode, "--device", args.device]
+            cmd += ["--reversible"] * args.reversible
+            cmd += ["--edge-chunk-size", str(args.edge_chunk_size)] if args.edge_chunk_size else []
+            out = run_measurement(cmd)
             if out.returncode != 0:
                 print(f"{n:>7} {mode:>8} failed: {out.stderr.strip().splitlines()[-1:]}")
                 continue

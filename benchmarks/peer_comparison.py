@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, peak_memory_since, pick_device, start_memory, sync  # noqa: E402
+from common import machine_line, peak_memory_since, pick_device, run_measurement, start_memory, sync  # noqa: E402
 
 DENOISE = dict(num_tokens=24, dim=(16, 8, 8, 8), dim_head=(16, 8, 8, 8), heads=(4, 2, 2, 2), depth=10, reversible=True, num_neighbors=6, num_degrees=4, reduce_dim_out=True)
 README = dict(num_tokens=24, dim=(4, 4, 2), dim_head=(4, 4, 4), heads=(2, 2, 2), num_degrees=3, depth=4, reduce_dim_out=True, l2_dist_attention=False)
@@ -75,7 +74,7 @@ def measure_memory(library: str, name: str, device_name: str) -> float:
 
 def memory_in_subprocess(library: str, name: str, device_name: str) -> float | None:
     cmd = [sys.executable, __file__, "--memory-of", library, name, "--device", device_name]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = run_measurement(cmd)
     if out.returncode != 0:
         print(f"  (memory run of {library} {name} failed: {out.stderr.strip().splitlines()[-1:]})")
         return None

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, peak_memory_since, pick_device, start_memory  # noqa: E402
+from common import machine_line, peak_memory_since, pick_device, run_measurement, start_memory  # noqa: E402
 
 
 def run_one(depth: int, reversible: bool, nodes: int, device_name: str) -> float:
@@ -55,7 +54,7 @@ def main() -> None:
     for depth in depths:
         row = []
         for mode in ("rev", "plain"):
-            out = subprocess.run([sys.executable, __file__, "--one", str(depth), mode, str(nodes), "--device", args.device], capture_output=True, text=True)
+            out = run_measurement([sys.executable, __file__, "--one", str(depth), mode, str(nodes), "--device", args.device])
             row.append(json.loads(out.stdout.strip().splitlines()[-1])["mb"] if out.returncode == 0 else float("nan"))
         rows[depth] = row
         print(f"{depth:>6} {row[0]:>11.0f} {row[1]:>9.0f}")
