@@ -8,7 +8,6 @@ that let layers act on all degrees with a handful of tensor ops instead of Pytho
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -84,9 +83,16 @@ class FiberLayout:
         return torch.cat([p.reshape(p.shape[0], p.shape[1] * p.shape[2]) for p in parts], dim=-1)
 
 
-@lru_cache(maxsize=None)
+_LAYOUTS: dict[Fiber, FiberLayout] = {}
+
+
 def layout(fiber: Fiber) -> FiberLayout:
-    return FiberLayout(tuple(fiber))
+    """The (memoised) layout of a fiber.  A plain dict rather than ``functools.lru_cache``:
+    ``torch.compile`` traces through it without warnings about cache wrappers."""
+    fiber = tuple(fiber)
+    if fiber not in _LAYOUTS:
+        _LAYOUTS[fiber] = FiberLayout(fiber)
+    return _LAYOUTS[fiber]
 
 
 def edge_order_major(fiber: Fiber, tensor_product: str) -> bool:
