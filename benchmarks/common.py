@@ -107,9 +107,10 @@ def run_measurement(cmd: list[str]) -> "subprocess.CompletedProcess[str]":
 
     glibc keeps large freed blocks in its heap once its adaptive mmap threshold has grown, so
     the RSS of a long run reflects heap fragmentation as much as live tensors (measured: RSS
-    rising ~8 MB per reversible block while live allocations stayed flat).  A fixed 256 KiB
-    threshold serves every large tensor by mmap and returns it on free, so peak RSS tracks peak
-    live memory.  Applied alike to every library measured.
+    rising ~8 MB per reversible block while live allocations stayed flat).  A fixed 64 KiB
+    threshold serves every tensor above it by mmap and returns it on free, so peak RSS tracks
+    peak live memory (256 KiB still left ~1 MB per block of small-block fragmentation).
+    Applied alike to every library measured.
     """
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
