@@ -29,13 +29,22 @@ class Graph:
     hop: Tensor | None
     by_distance: Tensor
 
-    @property
-    def num_edges(self) -> int:
-        return self.dst.numel()
 
-
-def _pair_key(dst: Tensor, src: Tensor, size: int) -> Tensor:
+def pair_key(dst: Tensor, src: Tensor, size: int) -> Tensor:
+    """One integer per (dst, src) pair of node ids below ``size``; sorts by receiver first."""
     return dst * size + src
+
+
+def lookup_pairs(keys: Tensor, values: Tensor, dst: Tensor, src: Tensor, size: int) -> Tensor:
+    """``values`` of the pairs ``(dst, src)`` in the sorted ``keys`` (see ``pair_key``); zeros for
+    pairs that are not listed."""
+    if keys.numel() == 0:
+        return values.new_zeros(dst.shape[0], *values.shape[1:])
+    query = pair_key(dst, src, size)
+    pos = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
+    picked = values[pos]
+    found = (keys[pos] == query).view(-1, *([1] * (picked.ndim - 1)))
+    return torch.where(found, picked, torch.zeros_like(picked))
 
 
 def adjacency_pairs(adj_mat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,14 +77,14 @@ def expand_hops(dst: Tensor, src: Tensor, size: int, max_hops: int) -> tuple[Ten
     Direct bonds stay hop 1; the frontier of hop ``k`` is the new pairs of ``frontier_{k-1} A``.
     """
     hop = torch.ones_like(dst)
-    keys = torch.unique(_pair_key(dst, src, size))
+    keys = torch.unique(pair_key(dst, src, size))
     all_dst, all_src, all_hop = [dst], [src], [hop]
     front_dst, front_src = dst, src
     for k in range(2, max_hops + 1):
         if front_dst.numel() == 0:
             break
         d, s = _compose(front_dst, front_src, dst, src, size)
-        new_keys = torch.unique(_pair_key(d, s, size))
+        new_keys = torch.unique(pair_key(d, s, size))
         new_keys = new_keys[~torch.isin(new_keys, keys) & (new_keys // size != new_keys % size)]
         front_dst, front_src = new_keys // size, new_keys % size
         all_dst.append(front_dst)
@@ -91,20 +100,21 @@ def cap_neighbors(dst: Tensor, hop: Tensor, cap: float) -> Tensor:
     Lower hop counts go first (direct bonds before 2-hop pairs); ties are broken at random with
     torch's global generator, so the choice is reproducible under ``torch.manual_seed``.
     """
-    keep = torch.ones_like(dst, dtype=torch.bool)
-    if cap == INF or dst.numel() == 0:
-        return keep
-    counts = torch.bincount(dst)
-    if counts.max() <= cap:
-        return keep
+    if cap == INF or dst.numel() == 0 or torch.bincount(dst).max() <= cap:
+        return torch.ones_like(dst, dtype=torch.bool)
+    keep = torch.zeros_like(dst, dtype=torch.bool)
     priority = hop.to(torch.float64) + torch.rand(dst.shape, dtype=torch.float64, device=dst.device)
-    order = torch.argsort(priority)
+    keep[_best_per_receiver(dst, priority, cap)] = True
+    return keep
+
+
+def _best_per_receiver(dst: Tensor, score: Tensor, k: float) -> Tensor:
+    """Indices of the (at most) ``k`` edges of lowest ``score`` for every receiver ``dst``."""
+    order = torch.argsort(score, stable=True)
     order = order[torch.argsort(dst[order], stable=True)]  # grouped by receiver, best first
     sorted_dst = dst[order]
-    group_start = torch.searchsorted(sorted_dst, sorted_dst, side="left")
-    rank = torch.arange(dst.numel(), device=dst.device) - group_start
-    keep[order] = rank < cap
-    return keep
+    rank = torch.arange(order.numel(), device=dst.device) - torch.searchsorted(sorted_dst, sorted_dst, side="left")
+    return order[rank < k]
 
 
 GRID_MIN_NODES = 2048
@@ -138,31 +148,31 @@ def brute_knn_edges(
     valid_radius: float,
     exclude: tuple[Tensor, Tensor] | None = None,
     chunk_elements: int = 1 << 23,
-    rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Exhaustive search (see ``knn_edges``); ``rows``: only these padded-flat query nodes."""
+    """Exhaustive search (see ``knn_edges``), ``rows`` query nodes of every graph at a time."""
     b, n, _ = pos.shape
-    if rows is not None:
-        return _brute_rows(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements, rows)
     device = pos.device
     pos = pos.detach()
     rows = max(1, chunk_elements // max(1, b * n))
+    starts = list(range(0, n, rows))
     if exclude is not None and exclude[0].numel():
         ex_b, ex_i, ex_j = exclude[0] // n, exclude[0] % n, exclude[1] % n
         order = torch.argsort(ex_i, stable=True)
         ex_b, ex_i, ex_j = ex_b[order], ex_i[order], ex_j[order]
+        # excluded pairs of every row chunk: one search (and one sync) for all chunks
+        ex_bounds = torch.searchsorted(ex_i, torch.tensor(starts + [n], device=device)).tolist()
     else:
         ex_i = None
     out_dst, out_src = [], []
     arange_n = torch.arange(n, device=device)
-    for start in range(0, n, rows):
+    for chunk, start in enumerate(starts):
         stop = min(n, start + rows)
         dist = torch.cdist(pos[:, start:stop], pos, compute_mode="donot_use_mm_for_euclid_dist")  # (B, s, n)
         invalid = ~(mask[:, start:stop, None] & mask[:, None, :])
         invalid |= (arange_n[start:stop, None] == arange_n[None, :])[None]
         dist = dist.masked_fill(invalid, INF)
         if ex_i is not None:
-            lo, hi = torch.searchsorted(ex_i, torch.tensor([start, stop], device=device)).tolist()
+            lo, hi = ex_bounds[chunk], ex_bounds[chunk + 1]
             dist[ex_b[lo:hi], ex_i[lo:hi] - start, ex_j[lo:hi]] = INF
         if num_neighbors == INF or num_neighbors >= n - 1:
             bi, i, j = (torch.isfinite(dist) & (dist <= valid_radius)).nonzero(as_tuple=True)
@@ -178,7 +188,7 @@ def brute_knn_edges(
 def _exclusion_keys(exclude: tuple[Tensor, Tensor] | None, size: int) -> Tensor | None:
     if exclude is None or exclude[0].numel() == 0:
         return None
-    return torch.sort(_pair_key(exclude[0], exclude[1], size))[0]
+    return torch.sort(pair_key(exclude[0], exclude[1], size))[0]
 
 
 def _nearest_in_rows(dist: Tensor, cand: Tensor, k: float, radius: float) -> tuple[Tensor, Tensor]:
@@ -205,7 +215,7 @@ def _brute_rows(pos, mask, k, radius, exclude, chunk_elements, rows) -> tuple[Te
         dist = torch.linalg.vector_norm(flat_pos[cand] - flat_pos[q][:, None, :], dim=-1)
         invalid = ~flat_mask[cand] | (cand == q[:, None])
         if ex is not None:
-            invalid |= torch.isin(_pair_key(q[:, None].expand_as(cand), cand, b * n), ex)
+            invalid |= torch.isin(pair_key(q[:, None].expand_as(cand), cand, b * n), ex)
         row, src = _nearest_in_rows(dist.masked_fill(invalid, INF), cand, k, radius)
         out_dst.append(q[row])
         out_src.append(src)
@@ -311,24 +321,10 @@ def grid_knn_edges(
     if ex is None:
         return dst, src
     # drop excluded pairs, then keep the k nearest of what remains
-    keep = ~torch.isin(_pair_key(dst, src, size), ex)
+    keep = ~torch.isin(pair_key(dst, src, size), ex)
     dst, src = dst[keep], src[keep]
-    dist = torch.linalg.vector_norm(flat[src] - flat[dst], dim=-1)
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(dst[order], stable=True)]
-    sorted_dst = dst[order]
-    rank = torch.arange(order.numel(), device=device) - torch.searchsorted(sorted_dst, sorted_dst, side="left")
-    order = order[rank < k]
-    return dst[order], src[order]
-
-
-def _lookup_hops(dst: Tensor, src: Tensor, keys: Tensor, hops: Tensor, size: int) -> Tensor:
-    """Hop count of each edge from sorted adjacency ``keys``; 0 where the pair is not adjacent."""
-    if keys.numel() == 0:
-        return torch.zeros_like(dst)
-    query = _pair_key(dst, src, size)
-    pos = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-    return torch.where(keys[pos] == query, hops[pos], torch.zeros_like(dst))
+    best = _best_per_receiver(dst, torch.linalg.vector_norm(flat[src] - flat[dst], dim=-1), k)
+    return dst[best], src[best]
 
 
 def build_graph(
@@ -361,7 +357,7 @@ def build_graph(
     if adjacency is not None:
         adj_dst, adj_src = adjacency
         adj_dst, adj_src, adj_hop = expand_hops(adj_dst, adj_src, size, max_hops or 1)
-        keys, order = torch.sort(_pair_key(adj_dst, adj_src, size))
+        keys, order = torch.sort(pair_key(adj_dst, adj_src, size))
         hops = adj_hop[order]
         if adjacency_edges:
             keep = cap_neighbors(adj_dst, adj_hop, max_sparse_neighbors)
@@ -380,7 +376,7 @@ def build_graph(
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return Graph(empty, empty, None if adjacency is None else empty, torch.zeros(0, dtype=torch.bool, device=device))
     dst, src = torch.cat(dst_parts), torch.cat(src_parts)
-    order = torch.argsort(_pair_key(dst, src, size))
+    order = torch.argsort(pair_key(dst, src, size))
     dst, src = dst[order], src[order]
-    hop = _lookup_hops(dst, src, keys, hops, size) if keys is not None else None
+    hop = lookup_pairs(keys, hops, dst, src, size) if keys is not None else None  # 0: not adjacent
     return Graph(dst, src, hop, torch.cat(by_distance)[order])

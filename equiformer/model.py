@@ -177,7 +177,7 @@ class Equiformer(nn.Module):
             )
             for _ in range(depth)
         ]
-        self.blocks = BlockSequence(blocks, self.dim, reversible=reversible)
+        self.blocks = BlockSequence(blocks, reversible=reversible)
         self.norm = EquivariantLayerNorm(self.dim)
         out_fiber = (1,) * num_degrees
         if not reduce_dim_out:
@@ -383,8 +383,4 @@ class Equiformer(nn.Module):
         return out
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["Equiformer", "Return", "count_parameters"]
+__all__ = ["Equiformer", "Return"]

@@ -1,7 +1,7 @@
 """Between packed graphs (nodes concatenated, with a graph index) and padded batches.
 
-The network itself always runs on packed nodes; the padded layout is only used for the neighbour
-search.  These helpers give every packed node a slot ``b * n_max + position`` in that layout and
+The network itself always runs on packed nodes; the padded layout serves the neighbour search
+and the input checks and embeddings that ``forward_packed`` shares with ``forward``.  These helpers give every packed node a slot ``b * n_max + position`` in that layout and
 translate sparse pair lists into it.
 """
 from __future__ import annotations
@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .graph import lookup_pairs, pair_key
 
 
 def padded_slots(graph_index: Tensor) -> tuple[Tensor, int, int]:
@@ -51,16 +53,6 @@ def sparse_edge_lookup(
     _check_pairs(pairs, graph_index, "edge_index")
     if values is None or values.shape[0] != pairs.shape[1]:
         raise ValueError(f"edge_attr must have one row per edge_index pair ({pairs.shape[1]})")
-    keys, order = torch.sort(slots[pairs[0]] * size + slots[pairs[1]])
+    keys, order = torch.sort(pair_key(slots[pairs[0]], slots[pairs[1]], size))
     values = values[order]
-
-    def lookup(dst: Tensor, src: Tensor) -> Tensor:
-        query = dst * size + src
-        if keys.numel() == 0:
-            return values.new_zeros(dst.shape[0], *values.shape[1:])
-        pos = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-        found = keys[pos] == query
-        picked = values[pos]
-        return torch.where(found.view(-1, *([1] * (picked.ndim - 1))), picked, torch.zeros_like(picked))
-
-    return lookup
+    return lambda dst, src: lookup_pairs(keys, values, dst, src, size)

@@ -129,7 +129,8 @@ def assert_equivariant(
     """Check ``fn`` under a random rotation (a random mirror if ``reflect``) and translation.
 
     Raises ``AssertionError`` naming the output whose relative error exceeds the tolerance
-    (``default_tolerance`` of the output dtype unless given); returns the errors.
+    (``default_tolerance`` of the first floating-point input's dtype, which also sets the dtype
+    of the random transformation, unless given); returns the errors.
     """
     tensors = [a for a in args if isinstance(a, Tensor) and a.is_floating_point()]
     dtype = tensors[0].dtype if tensors else torch.float64

@@ -102,8 +102,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     for name in ("num_tokens", "num_positions", "num_edge_tokens", "num_adj_degrees_embed"):
         _check_int(config, name, 1, optional=True)
     _check_int(config, "edge_dim", 0, optional=True)
-    if "edge_chunk_size" in config:
-        _check_int(config, "edge_chunk_size", 1, optional=True)
+    _check_int(config, "edge_chunk_size", 1, optional=True)
     _check_count(config, "num_neighbors")
     _check_count(config, "max_sparse_neighbors")
 

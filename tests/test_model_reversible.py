@@ -1,5 +1,4 @@
 """The activation-free reversible backward gives the gradients of plain autograd."""
-import torch
 
 from model_factory import make_inputs, make_model
 

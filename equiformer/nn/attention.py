@@ -25,7 +25,7 @@ from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
 from .linear import EquivariantLinear
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
-from .scatter import segment_softmax
+from .scatter import segment_softmax, segment_sum
 
 
 def _head_indices(heads: Fiber, dim_head: Fiber, single_headed: bool) -> tuple[Tensor, Tensor]:
@@ -88,28 +88,40 @@ class _GraphAttention(nn.Module):
         self.register_buffer("head_of", head_of, persistent=False)
         self.register_buffer("value_source", source, persistent=False)
 
-    def edge_input(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+    def project_nodes(self, x: Tensor) -> list[Tensor]:
+        """Node-wise projections the edge messages gather from, computed once per layer (not
+        once per edge chunk): ``[W_s x, W_d x]``, or ``[W_s x]`` when the receiver enters through
+        a query instead (see ``L2DistanceAttention``)."""
+        nodes = [self.src_proj(x)]
+        if self.dst_proj is not None:
+            nodes.append(self.dst_proj(x))
+        return nodes
+
+    def edge_input(self, nodes: list[Tensor], geometry: EdgeGeometry) -> Tensor:
         """Equiformer's message input ``W_s x_j + W_d x_i`` (only ``W_s x_j`` when the receiver
         enters through a query instead), rotated into the edge frame: (E, F)."""
-        msg = self.src_proj(x).index_select(0, geometry.src)
+        msg = nodes[0].index_select(0, geometry.src)
         if self.dst_proj is not None:
-            msg = msg + self.dst_proj(x).index_select(0, geometry.dst)
+            msg = msg + nodes[1].index_select(0, geometry.dst)
         return geometry.rotate(msg, self.fiber)
 
-    def edge_messages(self, x: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
-        """-> (logits (E, sum H), values (E, F_V) in the global frame)."""
+    def edge_messages(
+        self, nodes: list[Tensor], geometry: EdgeGeometry, logits: bool = True, values: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """-> (logits (E, sum H), values (E, F_V) in the global frame); either may be skipped
+        (``None``), for the two passes over edge chunks."""
         raise NotImplementedError
 
     def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """-> (logits (N, sum H), values (N, F_V)) of every node attending to itself."""
         raise NotImplementedError
 
-    def _chunk_logits(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
-        return self.edge_messages(x, geometry)[0]
+    def _chunk_logits(self, geometry: EdgeGeometry, *nodes: Tensor) -> Tensor:
+        return self.edge_messages(list(nodes), geometry, values=False)[0]
 
-    def _chunk_aggregate(self, x: Tensor, geometry: EdgeGeometry, alpha: Tensor) -> Tensor:
-        weighted = self._per_head(self.edge_messages(x, geometry)[1], alpha)
-        return weighted.new_zeros(geometry.num_nodes, weighted.shape[1]).index_add(0, geometry.dst, weighted)
+    def _chunk_aggregate(self, geometry: EdgeGeometry, alpha: Tensor, *nodes: Tensor) -> Tensor:
+        weighted = self._per_head(self.edge_messages(list(nodes), geometry, logits=False)[1], alpha)
+        return segment_sum(weighted, geometry.dst, geometry.num_nodes)
 
     def _per_head(self, values: Tensor, alpha: Tensor) -> Tensor:
         """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads).
@@ -126,20 +138,21 @@ class _GraphAttention(nn.Module):
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = self.norm(x)
         self_logits, self_values = self.self_messages(x) if self.attend_self else (None, None)
+        nodes = self.project_nodes(x)
         if not geometry.chunked:
-            logits, values = self.edge_messages(x, geometry)
+            logits, values = self.edge_messages(nodes, geometry)
             alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
             weighted = self._per_head(values, alpha)  # (E, F_heads)
-            out = weighted.new_zeros(geometry.num_nodes, weighted.shape[1]).index_add(0, geometry.dst, weighted)
+            out = segment_sum(weighted, geometry.dst, geometry.num_nodes)
         else:
             # two passes over edge chunks, each recomputed in backward: logits for the softmax,
             # then the weighted values; only (E, heads) and (N, F) tensors are kept
             chunks = geometry.chunks()
-            logits = torch.cat([checkpoint(self._chunk_logits, x, c, use_reentrant=False) for c in chunks])
+            logits = torch.cat([checkpoint(self._chunk_logits, c, *nodes, use_reentrant=False) for c in chunks])
             alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
             out = 0
             for c, a in zip(chunks, alpha.split([c.num_edges for c in chunks])):
-                out = out + checkpoint(self._chunk_aggregate, x, c, a, use_reentrant=False)
+                out = out + checkpoint(self._chunk_aggregate, c, a, *nodes, use_reentrant=False)
         if self_values is not None:
             out = out + self._per_head(self_values, alpha_self)
         scalars = x.split([self.fiber[0], x.shape[1] - self.fiber[0]], dim=1)[0] if len(self.fiber) > 1 else x
@@ -176,10 +189,13 @@ class MLPAttention(_GraphAttention):
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
         return self.to_logits(F.leaky_relu(hidden, self.leaky_slope)), gate(values)
 
-    def edge_messages(self, x: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
-        mid = self.conv(self.edge_input(x, geometry), geometry, self.radial(geometry.edge_attr))
-        logits, values = self._split(mid, self.edge_gate)
-        return logits, geometry.rotate(values, self.value_fiber, inverse=True)
+    def edge_messages(self, nodes, geometry, logits=True, values=True):
+        # one convolution makes both the attention hidden units and the values
+        mid = self.conv(self.edge_input(nodes, geometry), geometry, self.radial(geometry.edge_attr))
+        hidden, gated = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
+        out_logits = self.to_logits(F.leaky_relu(hidden, self.leaky_slope)) if logits else None
+        out_values = geometry.rotate(self.edge_gate(gated), self.value_fiber, inverse=True) if values else None
+        return out_logits, out_values
 
     def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._split(self.self_in(x), self.gate)
@@ -227,13 +243,21 @@ class L2DistanceAttention(_GraphAttention):
         sq = F.linear(diff * diff, head_sum)[:, : self.head_scale.numel()]  # (R, sum H)
         return -self.head_scale.to(q.dtype) * torch.sqrt(sq + self.eps)
 
-    def edge_messages(self, x: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
-        q = self.to_q(x)  # (N, F_heads)
-        x_edge = self.edge_input(x, geometry)
-        k, v = EdgeConvolution.apply_all([self.conv_k, self.conv_v], x_edge, geometry, self.radial(geometry.edge_attr))
-        # compare in the edge frame (distances are invariant); only values go back
-        logits = self._logits(geometry.rotate(q.index_select(0, geometry.dst), self.head_fiber), k, edge_frame=True)
-        return logits, geometry.rotate(v, self.value_fiber, inverse=True)
+    def project_nodes(self, x: Tensor) -> list[Tensor]:
+        return super().project_nodes(x) + [self.to_q(x)]  # [W_s x, q (N, F_heads)]
+
+    def edge_messages(self, nodes, geometry, logits=True, values=True):
+        x_edge = self.edge_input(nodes, geometry)
+        convs = [conv for conv, wanted in ((self.conv_k, logits), (self.conv_v, values)) if wanted]
+        outs = EdgeConvolution.apply_all(convs, x_edge, geometry, self.radial(geometry.edge_attr))
+        k = outs.pop(0) if logits else None
+        out_logits = out_values = None
+        if logits:  # compare in the edge frame (distances are invariant); only values go back
+            q = geometry.rotate(nodes[-1].index_select(0, geometry.dst), self.head_fiber)
+            out_logits = self._logits(q, k, edge_frame=True)
+        if values:
+            out_values = geometry.rotate(outs.pop(0), self.value_fiber, inverse=True)
+        return out_logits, out_values
 
     def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._logits(self.to_q(x), self.self_k(x), edge_frame=False), self.self_v(x)

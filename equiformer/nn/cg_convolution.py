@@ -49,6 +49,7 @@ class CGConvolution(nn.Module):
         # exact float64 constants, copied once per (dtype, device) actually used; kept out of
         # the state dict and out of .to() so that float32 -> float64 round trips stay exact
         self._couplings: dict[tuple, list[Tensor]] = {}
+        self.register_buffer("scale_index", layout(self.fiber_in).channel_index, persistent=False)
 
     def couplings(self, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
         key = (dtype, device)
@@ -62,7 +63,7 @@ class CGConvolution(nn.Module):
     def forward(self, x: Tensor, sh: Tensor, scale: Tensor | None = None) -> Tensor:
         lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
         if scale is not None:
-            x = x * scale.index_select(1, lay_in.channel_index.to(scale.device))
+            x = x * scale.index_select(1, self.scale_index)
         xs = lay_in.split(x)  # [(E, 2l+1, C_l)]
         out = [x.new_zeros(x.shape[0], 2 * l + 1, c) for l, c in enumerate(self.fiber_out)]
         couplings = self.couplings(x.dtype, x.device)

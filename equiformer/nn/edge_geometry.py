@@ -1,7 +1,7 @@
 """Per-forward edge constants shared by every layer: frames, harmonics, radial inputs, envelopes.
 
 Computed once from coordinates with autograd on (forces flow through all of it), then passed to
-every block.  ``to_edge_frame`` / ``from_edge_frame`` are the only places features change frame.
+every block.  ``EdgeGeometry.rotate`` (and its ``inverse``) is the only place features change frame.
 """
 from __future__ import annotations
 
@@ -105,10 +105,6 @@ class EdgeGeometry:
     def chunks(self) -> list["EdgeGeometry"]:
         size = self.edge_chunk_size or self.num_edges
         return [self.edge_slice(a, min(a + size, self.num_edges)) for a in range(0, self.num_edges, size)]
-
-    @property
-    def tensor_product(self) -> str:
-        return "so2" if self.wigner is not None else "cg"
 
     def _rotation_block(self, start: int, stop: int, row_order: Tensor | None = None) -> Tensor:
         """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted

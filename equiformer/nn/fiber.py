@@ -34,13 +34,11 @@ class FiberLayout:
 
     def __init__(self, fiber: Fiber):
         self.fiber = tuple(fiber)
-        self.num_degrees = len(fiber)
         self.offsets = [0]
         for l, c in enumerate(fiber):
             self.offsets.append(self.offsets[-1] + (2 * l + 1) * c)
         self.size = self.offsets[-1]
         self.channel_offsets = [sum(fiber[:l]) for l in range(len(fiber) + 1)]
-        self.num_channels = self.channel_offsets[-1]
         channel, degree = [], []
         for l, c in enumerate(fiber):
             for _ in range(2 * l + 1):

@@ -2,15 +2,15 @@
 (a scalar-only input gains l > 0 features through the neighbours' edge directions)."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
-from .fiber import Fiber, layout, parameters_of
+from .fiber import Fiber
+from .linear import EquivariantLinear
+from .scatter import segment_sum
 
 
 class InputEmbedding(nn.Module):
@@ -28,10 +28,7 @@ class InputEmbedding(nn.Module):
     ):
         super().__init__()
         self.fiber_in, self.fiber = tuple(fiber_in), tuple(fiber)
-        self.self_weights = nn.ParameterList(
-            nn.Parameter(torch.randn(ci, co) / math.sqrt(ci)) for ci, co in zip(fiber_in, fiber)
-        )
-        self.bias = nn.Parameter(torch.zeros(fiber[0]))
+        self.self_in = EquivariantLinear(self.fiber_in, self.fiber[: len(self.fiber_in)])
         self.radial = nn.Linear(edge_attr_dim, sum(fiber_in))  # head on the shared radial trunk
         self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
 
@@ -41,22 +38,17 @@ class InputEmbedding(nn.Module):
         messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
         messages = self.conv(messages, geometry, self.radial(geometry.edge_attr) * weight[:, None])
         messages = geometry.rotate(messages, self.fiber, inverse=True)  # (E, F)
-        return messages.new_zeros(geometry.num_nodes, messages.shape[1]).index_add(0, geometry.dst, messages)
+        return segment_sum(messages, geometry.dst, geometry.num_nodes)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         """``(N, F_in) -> (N, F)``."""
-        n = geometry.num_nodes
         if geometry.chunked:  # recomputed chunk by chunk in backward (bounded memory)
             out = sum(checkpoint(self._summed_messages, x, c, use_reentrant=False) for c in geometry.chunks())
         else:
             out = self._summed_messages(x, geometry)
-        norm = 1.0 + geometry.weight.new_zeros(n).index_add(0, geometry.dst, geometry.weight)  # (N,)
+        norm = 1.0 + segment_sum(geometry.weight, geometry.dst, geometry.num_nodes)  # (N,)
         out = out / norm[:, None]
-        degrees = layout(self.fiber_in).split(x)
-        weights = parameters_of(self.self_weights)
-        own = [torch.addmm(self.bias, degrees[0][:, 0], weights[0])]
-        own += [(xl @ w).reshape(n, xl.shape[1] * w.shape[1]) for xl, w in zip(degrees[1:], weights[1:])]
-        own = torch.cat(own, dim=-1)
+        own = self.self_in(x)  # (N, F over the input's degrees)
         if own.shape[1] == out.shape[1]:
             return out + own
         head, tail = out.split([own.shape[1], out.shape[1] - own.shape[1]], dim=1)

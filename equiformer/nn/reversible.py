@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from .edge_geometry import EdgeGeometry
-from .fiber import Fiber
 
 
 class _Runner:
@@ -115,9 +114,9 @@ class BlockSequence(nn.Module):
     or plain autograd through the same arithmetic (False; used to check the gradients).
     """
 
-    def __init__(self, blocks: list[Block], fiber: Fiber, reversible: bool = False):
+    def __init__(self, blocks: list[Block], reversible: bool = False):
         super().__init__()
-        self.blocks, self.fiber, self.reversible = nn.ModuleList(blocks), tuple(fiber), reversible
+        self.blocks, self.reversible = nn.ModuleList(blocks), reversible
         self.memory_saving = True
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:

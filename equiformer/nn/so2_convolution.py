@@ -20,26 +20,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .fiber import Fiber, edge_order_major, layout, parameters_of
+from .fiber import Fiber, edge_order_major, edge_positions, layout, parameters_of
 
 
 def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
-    """Gather index from degree-major flat features to the order-major layout, and block widths.
-
-    Order-major layout: ``[m=0 | m=1 (+) | m=1 (-) | m=2 (+) | ...]``; the block for order ``m``
-    holds degrees ``l >= m`` with all their channels, degree by degree.  ``sizes[m]`` is one
-    block's width, ``sum_{l >= m} C_l``.
+    """Gather index from degree-major flat features to the order-major layout (orders up to
+    ``mmax``; see ``FiberLayout.order_index``), and block widths: ``sizes[m]`` is the width of one
+    ``+-m`` block, ``sum_{l >= m} C_l``.
     """
-    offsets = layout(fiber).offsets
-    index: list[int] = []
-    sizes = []
-    for m in range(mmax + 1):
-        for sign in (1, -1) if m else (1,):
-            for l in range(m, len(fiber)):
-                start = offsets[l] + (l + sign * m) * fiber[l]
-                index.extend(range(start, start + fiber[l]))
-        sizes.append(sum(fiber[m:]))
-    return index, sizes
+    sizes = [sum(fiber[m:]) for m in range(mmax + 1)]
+    used = sizes[0] + 2 * sum(sizes[1:])  # m = 0 once, every m > 0 as +m and -m
+    return layout(fiber).order_index[:used].tolist(), sizes
 
 
 class SO2Convolution(nn.Module):
@@ -86,8 +77,8 @@ class SO2Convolution(nn.Module):
         self.out_order_major = edge_order_major(self.fiber_out, "so2")
         in_pos = torch.arange(len(in_index)) if self.in_order_major else torch.tensor(in_index)
         out_pos = torch.arange(len(out_index)) if self.out_order_major else torch.tensor(out_index)
-        in_edge = lay_in.order_index if self.in_order_major else torch.arange(lay_in.size)
-        out_edge = lay_out.order_index if self.out_order_major else torch.arange(lay_out.size)
+        in_edge = edge_positions(self.fiber_in, self.in_order_major)
+        out_edge = edge_positions(self.fiber_out, self.out_order_major)
         self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
         self.register_buffer("scale_index", lay_in.channel_index[in_edge], persistent=False)
         # inverse of the output layout; components of order > mmax point at an extra zero column

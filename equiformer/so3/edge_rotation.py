@@ -38,7 +38,6 @@ def edge_to_axis_rotation(vectors: Tensor) -> Tensor:
     # v = u x (s y) = s * (-uz, 0, ux)
     vx, vz = -s * uz, s * ux
     k = 1.0 / (1.0 + c)  # in [1/2, 1]
-    zero = torch.zeros_like(c)
     # Rodrigues: R' = c I + [v]_x + v v^T / (1 + c), with v_y = 0
     r = torch.stack(
         [

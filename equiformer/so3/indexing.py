@@ -10,10 +10,3 @@ def num_harmonics(lmax: int) -> int:
 def degree_slice(l: int) -> slice:
     """Where degree ``l`` lives on the flat (l, m) axis."""
     return slice(l * l, (l + 1) ** 2)
-
-
-def order_index(l: int, m: int) -> int:
-    """Position of component ``(l, m)`` within degree ``l``'s block of ``2l + 1``."""
-    if abs(m) > l:
-        raise ValueError(f"order m={m} is outside degree l={l}")
-    return l + m

@@ -11,7 +11,8 @@ Normalisations:
   * ``"norm"``: ``sum_m Y_lm(u)^2 = 1``.
 
 The harmonics are evaluated as homogeneous (solid) polynomials of the normalised vector, so the
-zero vector maps to ``Y_0 = 1`` and ``Y_l = 0`` for ``l > 0`` with finite gradients.
+zero vector maps to ``Y_0`` (its constant: 1 for ``"component"`` and ``"norm"``, ``1/sqrt(4 pi)`` for
+``"integral"``) and ``Y_l = 0`` for ``l > 0``, with finite gradients.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def spherical_harmonics(
 
     # cos_m + i sin_m = (a + i b)^m carries the azimuthal dependence times sin(theta)^m.
     cos_m, sin_m = [torch.ones_like(a)], [torch.zeros_like(a)]
-    for m in range(1, lmax + 1):
+    for _ in range(lmax):
         c, s = cos_m[-1], sin_m[-1]
         cos_m.append(a * c - b * s)
         sin_m.append(a * s + b * c)

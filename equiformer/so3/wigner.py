@@ -10,6 +10,7 @@ representation with parity ``(-1)^l``, i.e. ``Y(R x) = D(R) Y(x)`` still holds.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -17,8 +18,10 @@ from torch import Tensor
 from .clebsch_gordan import clebsch_gordan
 
 
+@lru_cache(maxsize=None)
 def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(l-1) x 1 -> l coupling with orthonormal columns, flattened to ``((2l-1) * 3, 2l+1)``."""
+    """(l-1) x 1 -> l coupling with orthonormal columns, flattened to ``((2l-1) * 3, 2l+1)``;
+    built once per (l, dtype, device), since every forward pass needs it (never modified)."""
     c = clebsch_gordan(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
     return c.reshape((2 * l - 1) * 3, 2 * l + 1).to(dtype=dtype, device=device)
 

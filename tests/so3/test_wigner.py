@@ -13,16 +13,7 @@ def _rotations(n, seed=0):
     return torch.stack([random_rotation(torch.float64, generator=g) for _ in range(n)])
 
 
-@pytest.fixture
-def float64_default():
-    # e3nn builds its generators in the default dtype; the reference must be float64 too
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def test_matches_e3nn_up_to_degree_10(float64_default):
+def test_matches_e3nn_up_to_degree_10(float64_default):  # e3nn builds its generators in the default dtype
     g = torch.Generator().manual_seed(0)
     alpha, beta, gamma = (torch.rand(200, dtype=torch.float64, generator=g) * 6.28 for _ in range(3))
     r = o3.angles_to_matrix(alpha, beta, gamma)
