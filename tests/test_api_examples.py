@@ -2,6 +2,7 @@
 import torch
 
 from equiformer import Equiformer
+from equiformer.testing import randomize_parameters
 
 
 def test_basic_tokens_in_invariant_and_equivariant_out():
@@ -30,11 +31,13 @@ def test_basic_tokens_in_invariant_and_equivariant_out():
 def test_reversible_depth_48_backward():
     torch.manual_seed(0)
     model = Equiformer(num_tokens=24, dim=(4, 4, 2), dim_head=(4, 4, 4), heads=(2, 2, 2), num_degrees=3, depth=48, reversible=True)
+    randomize_parameters(model, generator=torch.Generator().manual_seed(0))  # blocks are identities at init
     feats = torch.randint(0, 24, (1, 32))
     out = model(feats, torch.randn(1, 32, 3), torch.ones(1, 32).bool())
     out.type0.sum().backward()
     block_grads = [p.grad for p in model.blocks.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in block_grads)
+    assert sum(bool(g.abs().max() > 0) for g in block_grads) > len(block_grads) // 2  # the blocks do work
     assert model.token_emb.weight.grad.abs().sum() > 0
     assert out.type0.shape == (1, 32, 4) and out.type1.shape == (1, 32, 4, 3)
 

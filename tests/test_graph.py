@@ -4,6 +4,7 @@ from collections import deque
 import torch
 
 from equiformer.graph import INF, build_graph, cap_neighbors, expand_hops, knn_edges
+from model_factory import chain_adjacency
 
 
 def _brute_knn(pos, mask, k, radius):
@@ -84,8 +85,7 @@ def test_adjacency_plus_nearest_neighbours():
     g = torch.Generator().manual_seed(2)
     pos = torch.randn(1, 12, 3, generator=g)
     mask = torch.ones(1, 12, dtype=torch.bool)
-    i = torch.arange(12)
-    adj = ((i[:, None] - i[None, :]).abs() == 1)[None]
+    adj = chain_adjacency(12)[None]
     graph = build_graph(pos, mask, num_neighbors=2, adj_mat=adj, max_hops=2)
     pairs = set(zip(graph.dst.tolist(), graph.src.tolist()))
     bonded = {(int(a), int(b)) for a, b in zip(*adj[0].nonzero(as_tuple=True))}
@@ -103,8 +103,7 @@ def test_adjacency_plus_nearest_neighbours():
 def test_hop_labels_without_adjacency_edges():
     pos = torch.arange(10.0)[None, :, None].expand(1, 10, 3).contiguous()
     mask = torch.ones(1, 10, dtype=torch.bool)
-    i = torch.arange(10)
-    adj = (i[:, None] - i[None, :]).abs() == 1
+    adj = chain_adjacency(10)
     graph = build_graph(pos, mask, num_neighbors=4, adj_mat=adj[None], max_hops=3, adjacency_edges=False)
     for d, s, h in zip(graph.dst.tolist(), graph.src.tolist(), graph.hop.tolist()):
         assert h == (abs(d - s) if abs(d - s) <= 3 else 0)

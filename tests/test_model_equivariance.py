@@ -67,7 +67,7 @@ def test_without_reflection_flag_parity_is_not_guaranteed():
     reflection test above is not vacuous."""
     model = make_model(l2_dist_attention=False)
     feats, coors, mask = make_inputs(model)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="breaks equivariance"):
         assert_equivariant(
             lambda f0, x: (model(f0, x, mask).type1,), [feats[0], coors], [0, "coords"], [1], reflect=True
         )

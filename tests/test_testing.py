@@ -42,7 +42,7 @@ def test_detects_a_parity_violation():
 
     x = torch.randn(2, 3, dtype=torch.float64)
     assert_equivariant(fn, [x], [1], [1], translate=False)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="breaks equivariance"):
         assert_equivariant(fn, [x], [1], [1], reflect=True, translate=False)
 
 

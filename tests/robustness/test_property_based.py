@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from equiformer.testing import random_rotation
-from model_factory import make_model
+from model_factory import make_inputs, make_model
 from robustness_support import assert_finite_forward_backward, assert_model_equivariant
 
 FUZZ = settings(
@@ -82,20 +82,12 @@ def clouds(draw, batch):
     return coors, mask
 
 
-def features(config, b, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    feats = {0: torch.randn(b, n, config["dim_in"][0], dtype=torch.float64, generator=g)}
-    for l in range(1, config["input_degrees"]):
-        feats[l] = torch.randn(b, n, config["dim_in"][l], 2 * l + 1, dtype=torch.float64, generator=g)
-    return feats
-
-
 @FUZZ
 @given(config=configs(), cloud=clouds(batch=1), seed=st.integers(0, 2**16))
 def test_finite_and_equivariant(config, cloud, seed):
     coors, mask = cloud
     model = make_model(seed=seed, **config)
-    feats = features(config, *mask.shape, seed)
+    feats = make_inputs(model, *mask.shape, seed=seed)[0]
     assert_finite_forward_backward(model, feats, coors, mask)
     reflect = config["reflection_equivariance"]
     assert_model_equivariant(model, feats, coors, mask, reflect=reflect, tolerance=1e-9, seed=seed, output_scale=1.0)
@@ -108,7 +100,7 @@ def test_padding_changes_nothing(config, cloud, seed, junk):
     bit the same outputs and padded ones get zeros."""
     coors, mask = cloud
     model = make_model(seed=seed, **config)
-    feats = features(config, *mask.shape, seed)
+    feats = make_inputs(model, *mask.shape, seed=seed)[0]
     out, _ = assert_finite_forward_backward(model, feats, coors, mask)
     pad = ~mask
     g = torch.Generator().manual_seed(seed + 1)
