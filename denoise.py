@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train an Equiformer to denoise protein backbones; see ``python denoise.py --help``.
 
-    python denoise.py                                   # small preset, embedded set, ~5 min on CPU
+    python denoise.py                                   # small preset, embedded set, ~3 min on 2 CPU cores
     python denoise.py --preset large                    # for a GPU
     python denoise.py --out runs/denoise --resume       # continue after Ctrl-C
     torchrun --nproc_per_node 2 denoise.py ...          # data-parallel (gloo on CPU, NCCL on GPU)

@@ -56,17 +56,19 @@ def main() -> None:
     print(f"edges={args.edges} channels={args.channels} (forward+backward of rotate -> convolve -> rotate back)")
     print(f"{'L':>2} {'SO(2) ms':>9} {'CG ms':>9} {'CG/SO(2)':>9} {'SO(2) vs L=2':>13} {'L^3 vs L=2':>11}")
     so2_at_2 = None
-    crossover = None
+    faster = {}  # L -> whether SO(2) beat CG
     for lmax in range(1, args.lmax + 1):
         so2 = time_fn(edge_layer(lmax, args.channels, args.edges, "so2", device), device, repeats=3, warmup=1)
-        cg = time_fn(edge_layer(lmax, args.channels, args.edges, "cg", device), device, repeats=1, warmup=1) if lmax <= args.cg_lmax else float("nan")
+        cg = time_fn(edge_layer(lmax, args.channels, args.edges, "cg", device), device, repeats=3, warmup=1) if lmax <= args.cg_lmax else float("nan")
         if lmax == 2:
             so2_at_2 = so2
-        if crossover is None and cg == cg and cg > so2:
-            crossover = lmax
+        if cg == cg:
+            faster[lmax] = cg > so2
         growth = f"{so2 / so2_at_2:>13.1f}" if so2_at_2 else f"{'':>13}"
         cube = f"{(lmax / 2) ** 3:>11.1f}" if lmax >= 2 else f"{'':>11}"
         print(f"{lmax:>2} {so2 * 1e3:>9.2f} {cg * 1e3:>9.2f} {cg / so2:>9.1f} {growth} {cube}")
+    # the smallest L from which SO(2) won at every measured L
+    crossover = next((l for l in sorted(faster) if all(faster[m] for m in faster if m >= l)), None)
     print(f"crossover: SO(2) is faster from L = {crossover} on" if crossover else "crossover: not reached")
 
 

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     sources = [
         f"theseus {args.theseus}",
         f"mdanalysistests {args.mdanalysistests.name}",
-        "out equiformer/data",
+        f"out {args.out}",
     ]
     (args.out / SOURCES_FILE).write_text(sources_text(chains, dropped, sources))
     size = (args.out / EMBEDDED_FILE).stat().st_size

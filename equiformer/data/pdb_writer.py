@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import BACKBONE_ATOMS, UNKNOWN_RESIDUE
+from .pdb import THREE_TO_ONE
 
-ONE_TO_THREE: dict[str, str] = {
-    "A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS",
-    "Q": "GLN", "E": "GLU", "G": "GLY", "H": "HIS", "I": "ILE",
-    "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO",
-    "S": "SER", "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL",
-    UNKNOWN_RESIDUE: "UNK",
-}  # fmt: skip
+# the inverse of the reader's table (selenomethionine is written back as methionine)
+ONE_TO_THREE: dict[str, str] = {one: three for three, one in THREE_TO_ONE.items() if three != "MSE"}
+ONE_TO_THREE[UNKNOWN_RESIDUE] = "UNK"
 _ELEMENTS = {"N": "N", "CA": "C", "C": "C", "O": "O"}
 
 

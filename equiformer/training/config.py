@@ -42,7 +42,7 @@ def _opt(help: str, role: str = "strict", group: str = "training", **argparse_kw
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one denoising run; the defaults are the ``small`` preset (2 CPU cores, ~5 min)."""
+    """Settings of one denoising run; the defaults are the ``small`` preset (2 CPU cores, ~3 min)."""
 
     # ---------------------------------------------------------------- data
     data: str | None = field(default=None, metadata=_opt(

@@ -46,5 +46,5 @@ class StopRequest:
                 raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
             return
         self.signal_name = name
-        print(f"\n{name} received: finishing this step and saving a checkpoint "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        hint = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+        print(f"\n{name} received: finishing this step and saving a checkpoint{hint}", file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +52,6 @@ class Session:
     step: int = 0
     elapsed: float = 0.0
     """Training seconds of earlier invocations of this run."""
-    last_validation: ValidationResult | None = field(default=None, repr=False)
 
     def checkpoint_state(self) -> dict:
         """The resumable state, as tensors and primitives only."""
@@ -114,7 +113,6 @@ def validate(session: Session) -> ValidationResult:
     """Evaluate on the fixed validation set; rank 0 logs it and writes the PDB and the plot."""
     result = evaluate(session.module, session.val_chunks, session.config, session.precision,
                       session.device, session.ctx)
-    session.last_validation = result
     if session.ctx.is_main:
         session.metrics.write(kind="val", step=session.step, rmsd_noisy=result.rmsd_noisy,
                               rmsd_denoised=result.rmsd_denoised, chains=result.chains)

@@ -12,7 +12,6 @@ from equiformer.data import backbone_to_pdb
 from equiformer.data.build_embedded import main
 from equiformer.data.embedded import unpack_backbones
 
-pytest.importorskip("gemmi")
 
 
 def _pdb_gz(path, chain, chain_id="A", shift=0.0):

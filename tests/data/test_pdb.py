@@ -8,13 +8,12 @@ import subprocess
 import sys
 import textwrap
 
+import gemmi
 import numpy as np
 import pytest
 
 from equiformer.data import backbone_to_pdb, load_structure_dir, read_structure
 from equiformer.data.pdb import guess_entry
-
-gemmi = pytest.importorskip("gemmi")
 
 
 def _write_text(path, text):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import gemmi
 import numpy as np
 import pytest
 import torch
 
 from equiformer.data import backbone_to_pdb, write_pdb
 from equiformer.data.pdb_writer import ONE_TO_THREE
-
-gemmi = pytest.importorskip("gemmi")
 
 
 def test_three_models_round_trip_through_gemmi(tmp_path, clean_chain):
