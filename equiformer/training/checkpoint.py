@@ -8,11 +8,9 @@ generator and the global RNGs of torch, CUDA, numpy and Python.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import SetupError
@@ -48,16 +46,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def capture_rng() -> dict[str, Any]:
-    """The global RNG states as tensors and primitives (``weights_only``-loadable)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, python_state, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
+    """The global RNG states as tensors (``weights_only``-loadable).  Only torch's: nothing in a
+    run draws from numpy's or Python's global generators (data order and noise use seeded
+    ``torch.Generator``s kept in the session)."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -66,14 +58,6 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of ``capture_rng``; CUDA states are restored when this process has as many GPUs."""
     torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state((
-        numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-        numpy_state["has_gauss"], numpy_state["cached_gaussian"],
-    ))
-    python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["state"].tolist()),
-                     python_state["gauss_next"]))
     cuda_states = state.get("cuda")
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)

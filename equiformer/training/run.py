@@ -7,12 +7,10 @@ use from Python and tests.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng
@@ -104,7 +102,8 @@ def pick_precision(precision: str, device: torch.device) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and Python; the initial weights come from torch's.
+    """Seed torch (CPU and CUDA), the only global generator a run draws from (initial weights,
+    neighbour caps); data order and noise have their own seeded generators.
 
     Nothing else is needed for bitwise-repeatable CPU runs: the CPU kernels this model uses are
     deterministic for a fixed thread count, as tests/training/test_resume.py checks
@@ -112,8 +111,6 @@ def seed_everything(seed: int) -> None:
     seconds). CUDA runs are repeatable only up to rounding.
     """
     torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def build_session(
