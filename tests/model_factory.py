@@ -1,8 +1,16 @@
-"""Shared builders for model tests: small configurations, random inputs, randomised weights."""
+"""Shared builders and checks for model tests: small configurations, random inputs, randomised
+weights, equivariance of every output degree."""
 import torch
 
 from equiformer import Equiformer
-from equiformer.testing import randomize_parameters
+from equiformer.testing import (
+    assert_equivariant,
+    equivariance_errors,
+    random_reflection,
+    random_rotation,
+    random_translation,
+    randomize_parameters,
+)
 
 
 def chain_adjacency(n: int) -> torch.Tensor:
@@ -40,3 +48,32 @@ def make_inputs(model: Equiformer, b=2, n=20, dtype=torch.float64, seed=0, mask_
     return feats, coors, mask
 
 
+def assert_model_equivariant(model, feats: dict, coors, mask=None, reflect=False, tolerance=1e-9, seed=0,
+                             output_scale=None, **kwargs):
+    """Every output degree transforms with its Wigner-D block (a mirror too if ``reflect``).
+
+    By default ``equiformer.testing.assert_equivariant``: errors relative to each output's
+    largest entry.  ``output_scale`` sets a least scale instead: the network's outputs are
+    layer-normalised, O(1) whenever they are not zero, and an output that is exactly zero (nodes
+    that saw no direction at all) would otherwise turn rounding (1e-13) into an infinite
+    relative error."""
+    degrees = sorted(feats)
+
+    def fn(*args):
+        out = model(dict(zip(degrees, args[:-1])), args[-1], mask, **kwargs)
+        return tuple(out.degrees.values())
+
+    args = [feats[l] for l in degrees] + [coors]
+    kinds = degrees + ["coords"]
+    kinds_out = list(range(model.num_degrees))
+    generator = torch.Generator().manual_seed(seed)
+    if output_scale is None:
+        return assert_equivariant(fn, args, kinds, kinds_out, reflect=reflect, tolerance=tolerance, generator=generator)
+    rotation = (random_reflection if reflect else random_rotation)(torch.float64, None, generator)
+    translation = random_translation(torch.float64, None, generator)
+    relative = equivariance_errors(fn, args, kinds, kinds_out, rotation, translation)
+    for l, (y, err) in enumerate(zip(fn(*args), relative)):
+        scale = max(y.detach().abs().max().item(), torch.finfo(y.dtype).tiny)
+        error = err * scale / max(scale, output_scale)
+        assert error <= tolerance, f"degree-{l} output breaks equivariance: error {error:.3e} > {tolerance:.1e}"
+    return relative

@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from model_factory import chain_adjacency, make_inputs, make_model
-from equiformer.testing import assert_equivariant
+from equiformer.testing import assert_equivariant, default_tolerance
+from model_factory import assert_model_equivariant, chain_adjacency, make_inputs, make_model
 
 COMBOS = list(itertools.product(["mlp", "l2"], ["so2", "cg"], [False, True], [1, 2], [False, True], [False, True]))
 
@@ -33,14 +33,8 @@ def _check(attention, path, reversible, input_degrees, use_edges, use_adj, refle
         kwargs["edges"] = torch.randint(0, 3, (2, 16, 16), generator=torch.Generator().manual_seed(3))
     if use_adj:
         kwargs["adj_mat"] = chain_adjacency(16)
-
-    def fn(f0, f1, x):
-        inputs = {0: f0} if f1 is None else {0: f0, 1: f1}
-        out = model(inputs, x, mask, **kwargs)
-        return out.type0, out.type1, out.type2
-
-    args = [feats[0], feats.get(1), coors]
-    return assert_equivariant(fn, args, [0, 1, "coords"], [0, 1, 2], reflect=reflect, tolerance=tolerance)
+    tolerance = tolerance if tolerance is not None else default_tolerance(dtype)
+    return assert_model_equivariant(model, feats, coors, mask, reflect=reflect, tolerance=tolerance, **kwargs)
 
 
 @pytest.mark.parametrize("attention,path,reversible,input_degrees,use_edges,use_adj", COMBOS)

@@ -1,7 +1,8 @@
 """Every setting of a denoising run in one frozen dataclass, its presets, and the command line.
 
 The dataclass is the single source of truth: ``--help``, the presets, the checkpoint's stored
-config and the resume check are all derived from its fields, so a new setting is one field.
+config and the resume check are all derived from its fields, so a new setting is one field (plus
+its bounds in ``_validate`` when it has any).
 Each field has a *role* that says what ``--resume`` may do with it:
 
 * ``strict``: shapes the training trajectory or the validation numbers (model, data,
@@ -163,7 +164,7 @@ class TrainConfig:
         return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
     @property
-    def global_batch(self) -> int:
+    def per_rank_batch(self) -> int:
         """Chains per optimizer step on one process; multiply by the world size for all ranks."""
         return self.batch_size * self.accumulate
 

@@ -22,7 +22,7 @@ from ..data import (
     load_structure_dir,
     split_by_entry,
 )
-from ..data.batching import crop_window
+from ..data.batching import ATOMS_PER_RESIDUE, crop_window
 from ..data.splits import entry_rank
 from .config import SetupError, TrainConfig
 
@@ -158,7 +158,7 @@ def make_batch(
         generator = torch.Generator().manual_seed(seed)
         piece = crop(chain, crop_window(len(chain), crop_residues, generator))
         cropped.append(piece)
-        noises.append(noise * torch.randn(4 * len(piece), 3, generator=generator, dtype=dtype))
+        noises.append(noise * torch.randn(ATOMS_PER_RESIDUE * len(piece), 3, generator=generator, dtype=dtype))
     batch = collate(cropped, crop_residues)
     truth = batch.coords.to(dtype)
     displacement = torch.zeros_like(truth)

@@ -85,7 +85,7 @@ def save(session: Session) -> None:
 def train_step(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step; returns this rank's summed per-chain loss and the gradient norm."""
     config, ctx = session.config, session.ctx
-    picks = session.order.next(config.global_batch * ctx.world_size)
+    picks = session.order.next(config.per_rank_batch * ctx.world_size)
     local_sum = torch.zeros((), dtype=torch.float64, device=session.device)
     for micro in range(config.accumulate):
         start = (micro * ctx.world_size + ctx.rank) * config.batch_size
@@ -99,7 +99,7 @@ def train_step(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             denoised = denoise(session.model, example, config.noise, session.precision)
             per_chain = squared_deviation(denoised, example.batch.coords, example.batch.mask)
-            (per_chain.sum() / config.global_batch).backward()
+            (per_chain.sum() / config.per_rank_batch).backward()
         local_sum += per_chain.detach().sum().double()
     max_norm = config.clip_grad if config.clip_grad > 0 else math.inf
     grad_norm = nn.utils.clip_grad_norm_(session.module.parameters(), max_norm)
@@ -144,7 +144,7 @@ def fit(session: Session, stop: StopRequest) -> str:
             # one collective per step: the global loss, and whether any rank was signalled
             shared = torch.stack([local_sum, local_sum.new_tensor(float(stop.requested))])
             loss_sum, signalled = all_reduce_sum(shared, ctx).tolist()
-            loss = loss_sum / (config.global_batch * ctx.world_size)
+            loss = loss_sum / (config.per_rank_batch * ctx.world_size)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss is {loss} at step {session.step}: lower --lr or check the data"

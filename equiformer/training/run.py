@@ -168,7 +168,7 @@ def build_session(
         f"data: {len(train_chains)} training / {len(val_chains)} validation chains from {source}"
         f"; model: {parameters:,} parameters; {device} {precision} {config.dtype}, "
         f"{torch.get_num_threads()} threads x {ctx.world_size} processes; global batch "
-        f"{config.global_batch * ctx.world_size} chains of <= {config.crop} residues; "
+        f"{config.per_rank_batch * ctx.world_size} chains of <= {config.crop} residues; "
         f"steps {config.steps}; output {out}"
     )
     if checkpoint is not None:

@@ -1,15 +1,8 @@
-"""Checks shared by the robustness tests: finite forward and backward, equivariance by degree."""
+"""Checks shared by the robustness tests: finite forward and backward (equivariance by degree is
+``model_factory.assert_model_equivariant``, shared with the model tests)."""
 from __future__ import annotations
 
 import torch
-
-from equiformer.testing import (
-    assert_equivariant,
-    equivariance_errors,
-    random_reflection,
-    random_rotation,
-    random_translation,
-)
 
 
 def weighted_loss(outputs, seed: int = 0) -> torch.Tensor:
@@ -41,34 +34,3 @@ def assert_finite_forward_backward(model, inputs, coors, *args, nonzero_grads=Tr
     if nonzero_grads:
         assert any(g is not None and g.abs().sum() > 0 for g in grads[1:]), "no parameter received a gradient"
     return out, grads[0]
-
-
-def assert_model_equivariant(model, feats: dict, coors, mask=None, reflect=False, tolerance=1e-9, seed=0,
-                             output_scale=None, **kwargs):
-    """Every output degree transforms with its Wigner-D block (a mirror too if ``reflect``).
-
-    By default ``equiformer.testing.assert_equivariant``: errors relative to each output's
-    largest entry.  ``output_scale`` sets a least scale instead: the network's outputs are
-    layer-normalised, O(1) whenever they are not zero, and an output that is exactly zero (nodes
-    that saw no direction at all) would otherwise turn rounding (1e-13) into an infinite
-    relative error."""
-    degrees = sorted(feats)
-
-    def fn(*args):
-        out = model(dict(zip(degrees, args[:-1])), args[-1], mask, **kwargs)
-        return tuple(out.degrees.values())
-
-    args = [feats[l] for l in degrees] + [coors]
-    kinds = degrees + ["coords"]
-    kinds_out = list(range(model.num_degrees))
-    generator = torch.Generator().manual_seed(seed)
-    if output_scale is None:
-        return assert_equivariant(fn, args, kinds, kinds_out, reflect=reflect, tolerance=tolerance, generator=generator)
-    rotation = (random_reflection if reflect else random_rotation)(torch.float64, None, generator)
-    translation = random_translation(torch.float64, None, generator)
-    relative = equivariance_errors(fn, args, kinds, kinds_out, rotation, translation)
-    for l, (y, err) in enumerate(zip(fn(*args), relative)):
-        scale = max(y.detach().abs().max().item(), torch.finfo(y.dtype).tiny)
-        error = err * scale / max(scale, output_scale)
-        assert error <= tolerance, f"degree-{l} output breaks equivariance: error {error:.3e} > {tolerance:.1e}"
-    return relative

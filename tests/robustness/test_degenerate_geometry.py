@@ -11,8 +11,8 @@ import itertools
 import pytest
 import torch
 
-from model_factory import make_inputs, make_model
-from robustness_support import assert_finite_forward_backward, assert_model_equivariant
+from model_factory import assert_model_equivariant, make_inputs, make_model
+from robustness_support import assert_finite_forward_backward
 
 INF = float("inf")
 N = 8

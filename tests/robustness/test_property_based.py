@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from equiformer.testing import random_rotation
-from model_factory import make_inputs, make_model
-from robustness_support import assert_finite_forward_backward, assert_model_equivariant
+from model_factory import assert_model_equivariant, make_inputs, make_model
+from robustness_support import assert_finite_forward_backward
 
 FUZZ = settings(
     max_examples=int(os.environ.get("EQUIFORMER_FUZZ_EXAMPLES", 150)),
