@@ -1,7 +1,6 @@
 """One interface over the two tensor-product paths, so layers do not care which one runs."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .cg_convolution import CGConvolution
@@ -35,8 +34,11 @@ class EdgeConvolution(nn.Module):
 
     @staticmethod
     def apply_all(convs: list["EdgeConvolution"], x: Tensor, geometry: EdgeGeometry, scale: Tensor | None) -> list[Tensor]:
-        """Several SO(2) convolutions of the same input share its scaled, re-laid-out copy
-        (and, when dense, one GEMM)."""
+        """Several SO(2) convolutions of the same input share its scaled, re-laid-out copy.
+
+        Each still runs its own matrix products: one product for all of them, split afterwards,
+        was measured slower forward+backward on CPU (the backward of that split concatenates
+        every output gradient)."""
         inner = [c.inner for c in convs]
         same = all(
             isinstance(c, SO2Convolution) and (c.dense, c.fiber_in, c.mmax) == (inner[0].dense, inner[0].fiber_in, inner[0].mmax)
@@ -45,18 +47,7 @@ class EdgeConvolution(nn.Module):
         if not same:
             return [c(x, geometry, scale) for c in convs]
         h = inner[0].prepare(x, scale)
-        if inner[0].dense:
-            weight = torch.cat([c.dense_weight() for c in inner], dim=1)
-            outs = list((h @ weight).split([c.out_inverse.numel() for c in inner], dim=1))
-        else:
-            # one GEMM per order for all convolutions: their weights side by side
-            per_conv = [c.order_weights() for c in inner]
-            results = [[] for _ in inner]
-            for m, block in enumerate(h):
-                widths = [w[m].shape[1] for w in per_conv]
-                for i, part in enumerate((block @ torch.cat([w[m] for w in per_conv], 1)).split(widths, dim=1)):
-                    results[i].append(part)
-            outs = [c.assemble(r) for r, c in zip(results, inner)]
+        outs = [c.apply_prepared(h) for c in inner]
         zero = geometry.zero_length
         if zero.numel():
             rows, row_scale = x.index_select(0, zero), None if scale is None else scale.index_select(0, zero)

@@ -106,15 +106,21 @@ class EdgeGeometry:
         size = self.edge_chunk_size or self.num_edges
         return [self.edge_slice(a, min(a + size, self.num_edges)) for a in range(0, self.num_edges, size)]
 
-    def _rotation_block(self, start: int, stop: int, row_order: Tensor | None = None) -> Tensor:
+    def _rotation_block(self, start: int, stop: int, row_order: Tensor | None = None, scalar_rows: int = 0) -> Tensor:
         """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
-        to the order-major layout), built once per forward."""
-        key = (start, stop, row_order is not None)
+        to the order-major layout), after ``scalar_rows`` identity rows; built once per forward."""
+        key = (start, stop, row_order is not None, scalar_rows)
         if key not in self._blocks:
             blocks = self.wigner[start:stop]
+            if scalar_rows:
+                eye = torch.eye(scalar_rows, dtype=blocks[0].dtype, device=blocks[0].device)
+                blocks = [eye.expand(blocks[0].shape[0], scalar_rows, scalar_rows), *blocks]
             d = blocks[0] if len(blocks) == 1 else block_diagonal(blocks)
             if row_order is not None:
-                d = d.index_select(1, row_order.to(d.device))
+                order = row_order.to(d.device)
+                if scalar_rows:
+                    order = torch.cat([torch.arange(scalar_rows, device=d.device), order + scalar_rows])
+                d = d.index_select(1, order)
             self._blocks[key] = d
         return self._blocks[key]
 
@@ -130,6 +136,14 @@ class EdgeGeometry:
             return x
         lay = layout(fiber)
         edges = x.shape[0]
+        if edge_order_major(fiber, "so2") and fiber[0] % fiber[1] == 0:
+            # degree 0 as C_0 / C identity rows of the same matrix: one product, no split or
+            # concatenation (forward and backward), for ~(R + C_0/C)^2 / R^2 the multiply-adds
+            scalar_rows = fiber[0] // fiber[1]
+            d = self._rotation_block(1, len(fiber), lay.row_order, scalar_rows)  # (E, R', R')
+            if inverse:
+                d = d.transpose(-1, -2)
+            return (d @ x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
         if edge_order_major(fiber, "so2"):
             groups, row_order = [(1, len(fiber))], lay.row_order
         else:

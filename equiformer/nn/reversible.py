@@ -67,6 +67,11 @@ def _recompute_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
                 k = param_index[id(p)]
                 param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
 
+    # the cached rotation blocks of a geometry view belong to the graph of one autograd.grad
+    # call, which frees that graph when it returns: a fresh view per block when the frames need
+    # gradients (forces), else one view (and one set of blocks) for all
+    frames_need_grad = any(t.requires_grad for t in geo_leaves[2:])  # after weight, edge_attr
+    shared_geometry = None if frames_need_grad else runner.geometry.with_float_tensors(geo_leaves)
     blocks = list(runner.blocks)
     for i in reversed(range(len(blocks))):
         block = blocks[i]
@@ -80,9 +85,7 @@ def _recompute_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
             x2 = y2 - g_out
             dx1 = dy1 + grads[0]
         accumulate(ff_params, grads[1:])
-        # a fresh view of the geometry per block: its cached rotation blocks belong to the graph
-        # of one autograd.grad call, which frees that graph when it returns
-        geometry = runner.geometry.with_float_tensors(geo_leaves)
+        geometry = shared_geometry if shared_geometry is not None else runner.geometry.with_float_tensors(geo_leaves)
         with torch.enable_grad():
             z2 = x2.detach().requires_grad_()
             f_out = runner.attn(i, z2, geometry)
