@@ -22,6 +22,7 @@ from .activation import Gate
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry
 from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
+from .head_norms import squared_head_norms
 from .linear import EquivariantLinear
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
@@ -244,16 +245,17 @@ class L2DistanceAttention(_GraphAttention):
         self.register_buffer("edge_head_sum", head_sum[:, head_edge].to(dtype), persistent=False)
         self.register_buffer("edge_value_source", torch.argsort(value_edge)[self.value_source[head_edge]], persistent=False)
 
-    def _logits(self, q: Tensor, k: Tensor, edge_frame: bool) -> Tensor:
+    def _logits(self, neg_q: Tensor, k: Tensor, edge_frame: bool) -> Tensor:
+        """From negated queries: the backward of ``k + (-q)`` hands both inputs the same
+        gradient tensor, where ``q - k`` would negate it per edge."""
         if self.single_headed_kv:
             k = k.index_select(1, self.edge_value_source if edge_frame else self.value_source)
-        diff = q - k  # (R, F_heads)
-        head_sum = (self.edge_head_sum if edge_frame else self.head_sum).to(diff.dtype)  # (H_pad, F_heads)
-        sq = F.linear(diff * diff, head_sum)[:, : self.head_scale.numel()]  # (R, sum H)
-        return -self.head_scale.to(q.dtype) * torch.sqrt(sq + self.eps)
+        head_sum = (self.edge_head_sum if edge_frame else self.head_sum).to(k.dtype)  # (H_pad, F_heads)
+        sq = squared_head_norms(k + neg_q, head_sum)[:, : self.head_scale.numel()]  # (R, sum H)
+        return -self.head_scale.to(k.dtype) * torch.sqrt(sq + self.eps)
 
     def project_nodes(self, x: Tensor) -> list[Tensor]:
-        return super().project_nodes(x) + [self.to_q(x)]  # [W_s x, q (N, F_heads)]
+        return super().project_nodes(x) + [-self.to_q(x)]  # [W_s x, -q (N, F_heads)]
 
     def edge_messages(self, nodes, geometry, logits=True, values=True):
         x_edge = self.edge_input(nodes, geometry)
@@ -262,11 +264,11 @@ class L2DistanceAttention(_GraphAttention):
         k = outs.pop(0) if logits else None
         out_logits = out_values = None
         if logits:  # compare in the edge frame (distances are invariant); only values go back
-            q = geometry.rotate(nodes[-1].index_select(0, geometry.dst), self.head_fiber)
-            out_logits = self._logits(q, k, edge_frame=True)
+            neg_q = geometry.rotate(nodes[-1].index_select(0, geometry.dst), self.head_fiber)
+            out_logits = self._logits(neg_q, k, edge_frame=True)
         if values:
             out_values = geometry.rotate(outs.pop(0), self.value_fiber, inverse=True)
         return out_logits, out_values
 
     def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._logits(self.to_q(x), self.self_k(x), edge_frame=False), self.self_v(x)
+        return self._logits(-self.to_q(x), self.self_k(x), edge_frame=False), self.self_v(x)
