@@ -108,9 +108,13 @@ class EdgeGeometry:
 
     def _rotation_block(self, start: int, stop: int, row_order: Tensor | None = None, scalar_rows: int = 0) -> Tensor:
         """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
-        to the order-major layout), after ``scalar_rows`` identity rows; built once per forward."""
-        key = (start, stop, row_order is not None, scalar_rows)
-        if key not in self._blocks:
+        to the order-major layout), after ``scalar_rows`` identity rows; built once per forward.
+        One matrix is kept per degree range, with the most identity rows asked for so far: fewer
+        are a view of its lower-right corner (no second copy of the Wigner entries)."""
+        key = (start, stop, row_order is not None)
+        rows = sum(2 * l + 1 for l in range(start, stop))
+        cached = self._blocks.get(key)
+        if cached is None or cached.shape[-1] - rows < scalar_rows:
             blocks = self.wigner[start:stop]
             if scalar_rows:
                 eye = torch.eye(scalar_rows, dtype=blocks[0].dtype, device=blocks[0].device)
@@ -121,8 +125,9 @@ class EdgeGeometry:
                 if scalar_rows:
                     order = torch.cat([torch.arange(scalar_rows, device=d.device), order + scalar_rows])
                 d = d.index_select(1, order)
-            self._blocks[key] = d
-        return self._blocks[key]
+            self._blocks[key] = cached = d
+        skip = cached.shape[-1] - rows - scalar_rows
+        return cached[:, skip:, skip:] if skip else cached
 
     def rotate(self, x: Tensor, fiber: Fiber, inverse: bool = False) -> Tensor:
         """Flat features into the edge frame (``inverse``: back to the global frame).

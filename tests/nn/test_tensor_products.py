@@ -86,6 +86,27 @@ def test_so2_parameter_count_matches_cg_paths():
         assert sum(p.numel() for p in cg.parameters()) == sum(p.numel() for p in so2.parameters())
 
 
+def _geometry(vec, lmax):
+    n = vec.shape[0]
+    idx = torch.arange(n)
+    return EdgeGeometry.build(
+        vec, idx, idx, num_nodes=n, node_graph=torch.zeros(n, dtype=torch.long), num_graphs=1,
+        weight=torch.ones(n, dtype=torch.float64), edge_attr=torch.zeros(n, 1, dtype=torch.float64),
+        lmax=lmax, tensor_product="so2",
+    )
+
+
+def _assert_rotates_like_per_degree_wigner(geometry, vec, fiber, seed=4):
+    d = wigner_D(len(fiber) - 1, edge_to_axis_rotation(vec))
+    x = _features(fiber, vec.shape[0], seed)
+    expected = _to_edge_layout(_rotate(x, fiber, d), fiber) if len(fiber) > 1 else x
+    rotated = geometry.rotate(x, fiber)
+    assert (rotated - expected).abs().max() <= 1e-12
+    assert (geometry.rotate(rotated, fiber, inverse=True) - x).abs().max() <= 1e-12
+    if len(fiber) > 1:
+        assert (rotated - x).abs().max() > 1e-3  # the frames really rotate
+
+
 @pytest.mark.parametrize(
     "fiber",
     [(8, 4, 4, 4), (6, 4, 4), (8, 6, 4), (4, 3), (5,)],
@@ -95,18 +116,14 @@ def test_edge_geometry_rotate_matches_per_degree_wigner(fiber):
     """EdgeGeometry.rotate (every code path it picks by fiber) equals rotating degree by degree
     and re-laying out; its inverse undoes it."""
     vec = _edges(32)
-    n = vec.shape[0]
-    idx = torch.arange(n)
-    geometry = EdgeGeometry.build(
-        vec, idx, idx, num_nodes=n, node_graph=torch.zeros(n, dtype=torch.long), num_graphs=1,
-        weight=torch.ones(n, dtype=torch.float64), edge_attr=torch.zeros(n, 1, dtype=torch.float64),
-        lmax=len(fiber) - 1, tensor_product="so2",
-    )
-    d = wigner_D(len(fiber) - 1, edge_to_axis_rotation(vec))
-    x = _features(fiber, n, 4)
-    expected = _to_edge_layout(_rotate(x, fiber, d), fiber) if len(fiber) > 1 else x
-    rotated = geometry.rotate(x, fiber)
-    assert (rotated - expected).abs().max() <= 1e-12
-    assert (geometry.rotate(rotated, fiber, inverse=True) - x).abs().max() <= 1e-12
-    if len(fiber) > 1:
-        assert (rotated - x).abs().max() > 1e-3  # the frames really rotate
+    _assert_rotates_like_per_degree_wigner(_geometry(vec, len(fiber) - 1), vec, fiber)
+
+
+def test_edge_geometry_shares_rotation_blocks_between_fibers():
+    """Fibers asking for more, then fewer identity rows (views of one cached matrix) on one
+    geometry all rotate correctly."""
+    vec = _edges(32)
+    geometry = _geometry(vec, 3)
+    for seed, fiber in enumerate([(8, 4, 4, 4), (16, 4, 4, 4), (8, 4, 4, 4), (6, 4, 4, 4), (4, 4, 4, 4)]):
+        _assert_rotates_like_per_degree_wigner(geometry, vec, fiber, seed)
+    assert len(geometry._blocks) == 1  # one matrix served every fiber
