@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .expand import ColumnExpansion
 from .fiber import Fiber, edge_positions, gated_fiber, layout
 
 __all__ = ["Gate", "gated_fiber"]
@@ -21,15 +22,10 @@ class Gate(nn.Module):
         self.num_gates = sum(fiber[1:])
         lay = layout(self.fiber)
         tail = edge_positions(self.fiber, order_major)[fiber[0] :]
-        gate_of = lay.channel_index[tail] - fiber[0]  # gate of every l > 0 position
-        # gates -> positions as a product with a 0/1 matrix: its backward is a product too,
-        # where a column gather's is a scatter (see _GraphAttention._expand_heads)
-        expand = torch.zeros(self.num_gates, len(gate_of))
-        expand[gate_of, torch.arange(len(gate_of))] = 1.0
-        self.register_buffer("gate_expand", expand.to(torch.get_default_dtype()), persistent=False)
+        self.expand = ColumnExpansion(lay.channel_index[tail] - fiber[0], self.num_gates)  # gate of every l > 0 position
 
     def forward(self, x: Tensor) -> Tensor:
         c0, g = self.fiber[0], self.num_gates
         scalars, gates, rest = x.split([c0, g, x.shape[1] - c0 - g], dim=1)
-        factors = torch.sigmoid(gates) @ self.gate_expand.to(gates.dtype)  # (R, F - C0)
+        factors = self.expand(torch.sigmoid(gates))  # (R, F - C0)
         return torch.cat([F.silu(scalars), rest * factors], dim=-1)
