@@ -54,6 +54,8 @@ def main() -> None:
     print(f"compiled forward  {compiled * 1e3:9.1f} ms   (first call incl. compilation {compile_seconds:.1f} s)")
     error = ((compiled_out - reference).abs().max() / reference.abs().max()).item()
     print(f"gain              {eager / compiled:9.2f}x   max |difference| / max |output| {error:.2e}")
+    if not error <= 1e-4:
+        sys.exit(f"compiled outputs differ from eager ones (relative {error:.2e}): not a valid speed comparison")
 
 
 if __name__ == "__main__":

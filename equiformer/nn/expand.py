@@ -16,14 +16,16 @@ class ColumnExpansion(nn.Module):
     def __init__(self, group_of: Tensor, num_groups: int):
         super().__init__()
         self.by_product = num_groups <= _MAX_GROUPS_FOR_PRODUCT
+        self.register_buffer("group_of", group_of.clone(), persistent=False)
         if self.by_product:
             matrix = torch.zeros(num_groups, len(group_of))
             matrix[group_of, torch.arange(len(group_of))] = 1.0
             self.register_buffer("matrix", matrix.to(torch.get_default_dtype()), persistent=False)
-        else:
-            self.register_buffer("group_of", group_of.clone(), persistent=False)
 
     def forward(self, factors: Tensor) -> Tensor:
-        if self.by_product:
+        # under torch.compile always the gather: inductor (torch 2.13, CPU, dynamic shapes)
+        # miscompiled the product form inside the attention layer (wrong outputs, checked by
+        # benchmarks/compile_gain.py); eager runs take the faster product
+        if self.by_product and not torch.compiler.is_compiling():
             return factors @ self.matrix.to(factors.dtype)
         return factors.index_select(1, self.group_of)
