@@ -135,7 +135,9 @@ class EdgeGeometry:
         Degree 0 is untouched; each run of degrees with equal channel counts is one batched
         matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.  When
         all degrees >= 1 share a channel count the rows come out (and go back in) order-major,
-        the layout the SO(2) convolution works in (see ``fiber.edge_order_major``).
+        the layout the SO(2) convolution works in (see ``fiber.edge_order_major``); if moreover
+        ``C_0`` is a multiple of that count, degree 0 rides along as identity rows of the same
+        product, so the whole rotation is one product over the unsplit features.
         """
         if self.wigner is None or len(fiber) == 1:
             return x
