@@ -88,7 +88,6 @@ class _GraphAttention(nn.Module):
         self.to_out = EquivariantLinear(out_fiber, fiber, bias=False, zero_init=True)
         head_of, source = _head_indices(self.heads, self.dim_head, single_headed_kv)
         self.expand_heads = ColumnExpansion(head_of, sum(self.heads))  # (R, sum H) -> (R, F_heads)
-        self.head_of = head_of  # (F_heads,) global head of every position; for subclasses' constants
         self.register_buffer("value_source", source, persistent=False)
 
     def project_nodes(self, x: Tensor) -> list[Tensor]:
@@ -227,8 +226,7 @@ class L2DistanceAttention(_GraphAttention):
         # stored (heads, F) and padded to a multiple of 16 heads: CPU BLAS is 2-3x slower on
         # skinny products with an odd number of columns (measured for (E, F) @ (F, 10))
         padded_heads = -(-len(scale) // 16) * 16
-        head_sum = torch.zeros(padded_heads, len(self.head_of))
-        head_sum[self.head_of, torch.arange(len(self.head_of))] = 1.0
+        head_sum = self.expand_heads.membership(padded_heads)  # (H_pad, F_heads)
         tp = self.conv_kwargs["tensor_product"]
         head_edge = edge_positions(self.head_fiber, edge_order_major(self.head_fiber, tp))
         value_edge = edge_positions(self.value_fiber, edge_order_major(self.value_fiber, tp))

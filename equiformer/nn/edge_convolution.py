@@ -47,9 +47,4 @@ class EdgeConvolution(nn.Module):
         if not same:
             return [c(x, geometry, scale) for c in convs]
         h = inner[0].prepare(x, scale)
-        outs = [c.apply_prepared(h) for c in inner]
-        zero = geometry.zero_length
-        if zero.numel():
-            rows, row_scale = x.index_select(0, zero), None if scale is None else scale.index_select(0, zero)
-            outs = [o.index_copy(0, zero, c._isotropic(rows, row_scale)) for o, c in zip(outs, inner)]
-        return outs
+        return [c(x, scale, geometry.zero_length, prepared=h) for c in inner]

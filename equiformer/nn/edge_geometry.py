@@ -143,7 +143,8 @@ class EdgeGeometry:
             return x
         lay = layout(fiber)
         edges = x.shape[0]
-        if edge_order_major(fiber, "so2") and fiber[0] % fiber[1] == 0:
+        order_major = edge_order_major(fiber, "so2")
+        if order_major and fiber[0] % fiber[1] == 0:
             # degree 0 as C_0 / C identity rows of the same matrix: one product, no split or
             # concatenation (forward and backward), for ~(R + C_0/C)^2 / R^2 the multiply-adds
             scalar_rows = fiber[0] // fiber[1]
@@ -151,7 +152,7 @@ class EdgeGeometry:
             if inverse:
                 d = d.transpose(-1, -2)
             return (d @ x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
-        if edge_order_major(fiber, "so2"):
+        if order_major:
             groups, row_order = [(1, len(fiber))], lay.row_order
         else:
             groups, row_order = lay.rotation_groups, None

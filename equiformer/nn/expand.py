@@ -18,9 +18,14 @@ class ColumnExpansion(nn.Module):
         self.by_product = num_groups <= _MAX_GROUPS_FOR_PRODUCT
         self.register_buffer("group_of", group_of.clone(), persistent=False)
         if self.by_product:
-            matrix = torch.zeros(num_groups, len(group_of))
-            matrix[group_of, torch.arange(len(group_of))] = 1.0
-            self.register_buffer("matrix", matrix.to(torch.get_default_dtype()), persistent=False)
+            self.register_buffer("matrix", self.membership(num_groups), persistent=False)
+
+    def membership(self, rows: int) -> Tensor:
+        """``(rows, F)`` 0/1 matrix, 1 where position f belongs to group g (``rows >= G``: the
+        extra rows are zero padding)."""
+        matrix = torch.zeros(rows, len(self.group_of))
+        matrix[self.group_of, torch.arange(len(self.group_of))] = 1.0
+        return matrix.to(torch.get_default_dtype())
 
     def forward(self, factors: Tensor) -> Tensor:
         # under torch.compile always the gather: inductor (torch 2.13, CPU, dynamic shapes)

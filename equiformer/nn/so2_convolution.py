@@ -168,8 +168,11 @@ class SO2Convolution(nn.Module):
             return h @ self.dense_weight()  # (E, F_out)
         return self.assemble([block @ w for block, w in zip(h, self.order_weights())])  # one GEMM per order
 
-    def forward(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> Tensor:
-        out = self.apply_prepared(self.prepare(x, scale))
+    def forward(
+        self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None, prepared: Tensor | list[Tensor] | None = None
+    ) -> Tensor:
+        """``prepared``: ``prepare(x, scale)`` if already made (shared by several convolutions)."""
+        out = self.apply_prepared(prepared if prepared is not None else self.prepare(x, scale))
         if zero_length is not None and zero_length.numel():
             out = out.index_copy(0, zero_length, self._isotropic(x.index_select(0, zero_length), None if scale is None else scale.index_select(0, zero_length)))
         return out
