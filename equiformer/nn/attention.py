@@ -24,10 +24,10 @@ from .edge_geometry import EdgeGeometry
 from .expand import ColumnExpansion
 from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
 from .head_norms import squared_head_norms
-from .linear import EquivariantLinear
+from .linear import EquivariantLinear, linear_many
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
-from .scatter import segment_softmax, segment_sum
+from .scatter import segment_softmax
 
 
 def _head_indices(heads: Fiber, dim_head: Fiber, single_headed: bool) -> tuple[Tensor, Tensor]:
@@ -89,15 +89,24 @@ class _GraphAttention(nn.Module):
         head_of, source = _head_indices(self.heads, self.dim_head, single_headed_kv)
         self.expand_heads = ColumnExpansion(head_of, sum(self.heads))  # (R, sum H) -> (R, F_heads)
         self.register_buffer("value_source", source, persistent=False)
+        # the same maps for the edge-frame layouts, where values are weighted before they are
+        # rotated back (the weights are invariant, so weighting commutes with the rotation)
+        self.head_edge = edge_positions(self.head_fiber, edge_order_major(self.head_fiber, tensor_product))
+        value_edge = edge_positions(self.value_fiber, edge_order_major(self.value_fiber, tensor_product))
+        self.expand_heads_edge = ColumnExpansion(head_of[self.head_edge], sum(self.heads))
+        self.register_buffer("edge_value_source", torch.argsort(value_edge)[source[self.head_edge]], persistent=False)
 
-    def project_nodes(self, x: Tensor) -> list[Tensor]:
-        """Node-wise projections the edge messages gather from, computed once per layer (not
-        once per edge chunk): ``[W_s x, W_d x]``, or ``[W_s x]`` when the receiver enters through
-        a query instead (see ``L2DistanceAttention``)."""
-        nodes = [self.src_proj(x)]
-        if self.dst_proj is not None:
-            nodes.append(self.dst_proj(x))
-        return nodes
+    def node_linears(self) -> list[EquivariantLinear]:
+        """The node-wise projections of the normalised input, computed together (one product
+        per degree, see ``linear_many``) once per layer, not once per edge chunk: the message's
+        ``W_s`` (and ``W_d``, unless the receiver enters through a query instead, see
+        ``L2DistanceAttention``), then the subclass's own."""
+        return [self.src_proj] if self.dst_proj is None else [self.src_proj, self.dst_proj]
+
+    def node_inputs(self, projected: list[Tensor]) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        """The outputs of ``node_linears`` -> (the node tensors edge messages gather from, and
+        the logits (N, sum H) and values (N, F_V) of every node attending to itself, or None)."""
+        raise NotImplementedError
 
     def edge_input(self, nodes: list[Tensor], geometry: EdgeGeometry) -> Tensor:
         """Equiformer's message input ``W_s x_j + W_d x_i`` (only ``W_s x_j`` when the receiver
@@ -110,23 +119,20 @@ class _GraphAttention(nn.Module):
     def edge_messages(
         self, nodes: list[Tensor], geometry: EdgeGeometry, logits: bool = True, values: bool = True
     ) -> tuple[Tensor | None, Tensor | None]:
-        """-> (logits (E, sum H), values (E, F_V) in the global frame); either may be skipped
+        """-> (logits (E, sum H), values (E, F_V) in the edge frame); either may be skipped
         (``None``), for the two passes over edge chunks."""
-        raise NotImplementedError
-
-    def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """-> (logits (N, sum H), values (N, F_V)) of every node attending to itself."""
         raise NotImplementedError
 
     def _chunk_logits(self, geometry: EdgeGeometry, *nodes: Tensor) -> Tensor:
         return self.edge_messages(list(nodes), geometry, values=False)[0]
 
     def _chunk_aggregate(self, geometry: EdgeGeometry, alpha: Tensor, *nodes: Tensor) -> Tensor:
-        weighted = self._per_head(self.edge_messages(list(nodes), geometry, logits=False)[1], alpha)
-        return segment_sum(weighted, geometry.dst, geometry.num_nodes)
+        weighted = self._per_head(self.edge_messages(list(nodes), geometry, logits=False)[1], alpha, edge_frame=True)
+        return geometry.aggregate(weighted, self.head_fiber)
 
-    def _per_head(self, values: Tensor, alpha: Tensor) -> Tensor:
-        """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads).
+    def _per_head(self, values: Tensor, alpha: Tensor, edge_frame: bool) -> Tensor:
+        """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads), in the edge-frame layout
+        or the global one.
 
         alpha is expanded to every flat position first: a broadcast multiply per degree,
         ``(R, 2l+1, H, d) * (R, 1, H, 1)``, was measured 2-4x slower forward+backward on CPU (its
@@ -134,18 +140,19 @@ class _GraphAttention(nn.Module):
         backward (bounded by ``edge_chunk_size`` when edges are chunked).
         """
         if self.single_headed_kv:
-            values = values.index_select(1, self.value_source)  # (R, F_heads)
-        return values * self.expand_heads(alpha)  # (R, F_heads)
+            values = values.index_select(1, self.edge_value_source if edge_frame else self.value_source)  # (R, F_heads)
+        return values * (self.expand_heads_edge if edge_frame else self.expand_heads)(alpha)  # (R, F_heads)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = self.norm(x)
-        self_logits, self_values = self.self_messages(x) if self.attend_self else (None, None)
-        nodes = self.project_nodes(x)
+        nodes, self_logits, self_values = self.node_inputs(linear_many(self.node_linears(), x))
         if not geometry.chunked:
             logits, values = self.edge_messages(nodes, geometry)
-            alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
-            weighted = self._per_head(values, alpha)  # (E, F_heads)
-            out = segment_sum(weighted, geometry.dst, geometry.num_nodes)
+            alpha, alpha_self = segment_softmax(
+                logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits, geometry.neighbors
+            )
+            weighted = self._per_head(values, alpha, edge_frame=True)  # (E, F_heads)
+            out = geometry.aggregate(weighted, self.head_fiber)  # (N, F_heads)
         else:
             # two passes over edge chunks, each recomputed in backward: logits for the softmax,
             # then the weighted values; only (E, heads) and (N, F) tensors are kept
@@ -156,7 +163,7 @@ class _GraphAttention(nn.Module):
             for c, a in zip(chunks, alpha.split([c.num_edges for c in chunks])):
                 out = out + checkpoint(self._chunk_aggregate, c, a, *nodes, use_reentrant=False)
         if self_values is not None:
-            out = out + self._per_head(self_values, alpha_self)
+            out = out + self._per_head(self_values, alpha_self, edge_frame=False)
         scalars = x.split([self.fiber[0], x.shape[1] - self.fiber[0]], dim=1)[0] if len(self.fiber) > 1 else x
         if self.head_gates is not None:
             gates = torch.sigmoid(self.head_gates(scalars))  # (N, sum H)
@@ -196,11 +203,15 @@ class MLPAttention(_GraphAttention):
         mid = self.conv(self.edge_input(nodes, geometry), geometry, self.radial(geometry.edge_attr))
         hidden, gated = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
         out_logits = self.to_logits(F.leaky_relu(hidden, self.leaky_slope)) if logits else None
-        out_values = geometry.rotate(self.edge_gate(gated), self.value_fiber, inverse=True) if values else None
-        return out_logits, out_values
+        return out_logits, self.edge_gate(gated) if values else None
 
-    def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._split(self.self_in(x), self.gate)
+    def node_linears(self) -> list[EquivariantLinear]:
+        return super().node_linears() + ([self.self_in] if self.attend_self else [])
+
+    def node_inputs(self, projected):
+        if not self.attend_self:
+            return projected, None, None
+        return projected[:-1], *self._split(projected[-1], self.gate)
 
 
 class L2DistanceAttention(_GraphAttention):
@@ -227,14 +238,10 @@ class L2DistanceAttention(_GraphAttention):
         # skinny products with an odd number of columns (measured for (E, F) @ (F, 10))
         padded_heads = -(-len(scale) // 16) * 16
         head_sum = self.expand_heads.membership(padded_heads)  # (H_pad, F_heads)
-        tp = self.conv_kwargs["tensor_product"]
-        head_edge = edge_positions(self.head_fiber, edge_order_major(self.head_fiber, tp))
-        value_edge = edge_positions(self.value_fiber, edge_order_major(self.value_fiber, tp))
         dtype = torch.get_default_dtype()
         self.register_buffer("head_scale", scale.to(dtype), persistent=False)
         self.register_buffer("head_sum", head_sum.to(dtype), persistent=False)
-        self.register_buffer("edge_head_sum", head_sum[:, head_edge].to(dtype), persistent=False)
-        self.register_buffer("edge_value_source", torch.argsort(value_edge)[self.value_source[head_edge]], persistent=False)
+        self.register_buffer("edge_head_sum", head_sum[:, self.head_edge].to(dtype), persistent=False)
 
     def _logits(self, neg_q: Tensor, k: Tensor, edge_frame: bool) -> Tensor:
         """From negated queries: the backward of ``k + (-q)`` hands both inputs the same
@@ -245,8 +252,14 @@ class L2DistanceAttention(_GraphAttention):
         sq = squared_head_norms(k + neg_q, head_sum)[:, : self.head_scale.numel()]  # (R, sum H)
         return -self.head_scale.to(k.dtype) * torch.sqrt(sq + self.eps)
 
-    def project_nodes(self, x: Tensor) -> list[Tensor]:
-        return super().project_nodes(x) + [-self.to_q(x)]  # [W_s x, -q (N, F_heads)]
+    def node_linears(self) -> list[EquivariantLinear]:
+        return [self.src_proj, self.to_q] + ([self.self_k, self.self_v] if self.attend_self else [])
+
+    def node_inputs(self, projected):
+        src, neg_q = projected[0], -projected[1]  # W_s x (N, F), -q (N, F_heads)
+        if not self.attend_self:
+            return [src, neg_q], None, None
+        return [src, neg_q], self._logits(neg_q, projected[2], edge_frame=False), projected[3]
 
     def edge_messages(self, nodes, geometry, logits=True, values=True):
         x_edge = self.edge_input(nodes, geometry)
@@ -255,11 +268,8 @@ class L2DistanceAttention(_GraphAttention):
         k = outs.pop(0) if logits else None
         out_logits = out_values = None
         if logits:  # compare in the edge frame (distances are invariant); only values go back
-            neg_q = geometry.rotate(nodes[-1].index_select(0, geometry.dst), self.head_fiber)
+            neg_q = geometry.rotate_receivers(nodes[-1], self.head_fiber)  # (E, F_heads)
             out_logits = self._logits(neg_q, k, edge_frame=True)
         if values:
-            out_values = geometry.rotate(outs.pop(0), self.value_fiber, inverse=True)
+            out_values = outs.pop(0)
         return out_logits, out_values
-
-    def self_messages(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._logits(-self.to_q(x), self.self_k(x), edge_frame=False), self.self_v(x)

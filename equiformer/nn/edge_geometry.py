@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..so3 import block_diagonal, edge_to_axis_rotation, spherical_harmonics, wigner_D
 from .fiber import Fiber, edge_order_major, layout
+from .scatter import segment_sum
 
 TENSOR_PRODUCTS = ("so2", "cg")
 
@@ -26,6 +27,21 @@ def edge_vectors(pos: Tensor, dst: Tensor, src: Tensor) -> tuple[Tensor, Tensor]
     return vec, dist
 
 
+# CPU batched GEMMs with large matrices and few output columns are faster computed transposed,
+# ``(x^T D^T)^T`` with a copy back; forward+backward over 16,384 edges on 2 cores: R = 17, C = 8
+# took 9.0 ms direct and 7.0 ms transposed (C = 2: 7.9 and 4.2), but for R <= 12 the direct
+# product was as fast or up to 1.5x faster (small matrices take PyTorch's own kernel)
+_TRANSPOSED_MIN_ROWS, _TRANSPOSED_MAX_CHANNELS = 13, 8
+
+
+def _apply_rotation(d: Tensor, x: Tensor) -> Tensor:
+    """``d @ x`` for ``d`` (E, R, R) and ``x`` (E, R, C); the result may be non-contiguous."""
+    rows, channels = x.shape[-2:]
+    if rows >= _TRANSPOSED_MIN_ROWS and channels <= _TRANSPOSED_MAX_CHANNELS and x.device.type == "cpu":
+        return torch.bmm(x.transpose(1, 2), d.transpose(1, 2)).transpose(1, 2)  # (E, R, C)
+    return d @ x
+
+
 @dataclass
 class EdgeGeometry:
     """Edges ``src -> dst`` over ``num_nodes`` packed nodes, with everything layers need.
@@ -38,6 +54,8 @@ class EdgeGeometry:
     ``node_graph``: ``(N,)`` graph index of every node, for global (per-graph) layers.
     ``edge_chunk_size``: if set, layers process edges in chunks of this many and recompute them
     in the backward pass (see ``chunks``), bounding activation memory for very large graphs.
+    ``neighbors``: set when the edges are sorted by receiver, exactly this many each (a k-nearest
+    neighbour graph without padding): per-receiver work then runs as dense batched products.
     """
 
     dst: Tensor
@@ -51,6 +69,7 @@ class EdgeGeometry:
     wigner: list[Tensor] | None = None
     sh: Tensor | None = None
     edge_chunk_size: int | None = None
+    neighbors: int | None = None
     _blocks: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
@@ -75,7 +94,9 @@ class EdgeGeometry:
             sh = spherical_harmonics(2 * lmax, vec)
         else:
             raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
-        return EdgeGeometry(dst, src, num_nodes, node_graph, num_graphs, weight, edge_attr, zero_length, wigner, sh)
+        geometry = EdgeGeometry(dst, src, num_nodes, node_graph, num_graphs, weight, edge_attr, zero_length, wigner, sh)
+        geometry.neighbors = uniform_in_degree(dst, num_nodes)
+        return geometry
 
     @property
     def num_edges(self) -> int:
@@ -99,6 +120,7 @@ class EdgeGeometry:
             wigner=[w[start:stop] for w in self.wigner] if self.wigner is not None else None,
             sh=self.sh[start:stop] if self.sh is not None else None,
             edge_chunk_size=None,
+            neighbors=None,
             _blocks={k: v[start:stop] for k, v in self._blocks.items()},
         )
 
@@ -151,7 +173,7 @@ class EdgeGeometry:
             d = self._rotation_block(1, len(fiber), lay.row_order, scalar_rows)  # (E, R', R')
             if inverse:
                 d = d.transpose(-1, -2)
-            return (d @ x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
+            return _apply_rotation(d, x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
         if order_major:
             groups, row_order = [(1, len(fiber))], lay.row_order
         else:
@@ -163,8 +185,41 @@ class EdgeGeometry:
             d = self._rotation_block(start, stop, row_order)  # (E, R, R)
             if inverse:
                 d = d.transpose(-1, -2)
-            parts.append((d @ block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
+            parts.append(_apply_rotation(d, block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
         return torch.cat(parts, dim=-1)
+
+    def _dense_rotation(self, fiber: Fiber) -> Tensor | None:
+        """For a regular graph (``neighbors``) and a fiber rotated as one product: the rotations
+        into the edge frames of every receiver's edges stacked, ``(N, k R, R)`` (a view), else None."""
+        if self.neighbors is None or self.wigner is None or len(fiber) == 1 or self.chunked:
+            return None
+        if not (edge_order_major(fiber, "so2") and fiber[0] % fiber[1] == 0):
+            return None
+        d = self._rotation_block(1, len(fiber), layout(fiber).row_order, fiber[0] // fiber[1])  # (E, R, R)
+        if not d.is_contiguous():
+            return None
+        rows = d.shape[-1]
+        return d.view(self.num_nodes, self.neighbors * rows, rows)
+
+    def rotate_receivers(self, x: Tensor, fiber: Fiber) -> Tensor:
+        """Node features ``(N, F)`` of every edge's receiver in that edge's frame: ``(E, F)``.
+        On a regular graph one ``(N, k R, R) @ (N, R, C)`` product, without gathering ``x``."""
+        d = self._dense_rotation(fiber)
+        if d is None:
+            return self.rotate(x.index_select(0, self.dst), fiber)
+        rows = d.shape[-1]
+        return torch.bmm(d, x.reshape(self.num_nodes, rows, -1)).view(self.num_edges, -1)
+
+    def aggregate(self, x: Tensor, fiber: Fiber) -> Tensor:
+        """Edge-frame features ``(E, F)`` rotated back to the global frame and summed over each
+        receiver's edges: ``(N, F)``.  On a regular graph one ``(N, R, k R) @ (N, k R, C)``
+        product, which also does the sum."""
+        d = self._dense_rotation(fiber)
+        if d is None:
+            return segment_sum(self.rotate(x, fiber, inverse=True), self.dst, self.num_nodes)
+        rows = d.shape[-1]
+        out = torch.bmm(d.transpose(1, 2), x.reshape(self.num_nodes, self.neighbors * rows, -1))  # (N, R, C)
+        return out.view(self.num_nodes, -1)
 
     # --- plumbing for reversible blocks, which must hand every differentiable input to autograd
     def float_tensors(self) -> list[Tensor]:
@@ -179,4 +234,14 @@ class EdgeGeometry:
         return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0], _blocks={})
 
 
-__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "edge_vectors"]
+def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
+    """``k`` if ``dst`` (sorted) is every node ``0..N-1`` exactly ``k >= 1`` times in order, else None."""
+    edges = dst.numel()
+    if num_nodes == 0 or edges == 0 or edges % num_nodes:
+        return None
+    k = edges // num_nodes
+    expected = torch.arange(num_nodes, device=dst.device).repeat_interleave(k)
+    return k if torch.equal(dst, expected) else None
+
+
+__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "edge_vectors", "uniform_in_degree"]

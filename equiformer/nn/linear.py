@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
 
 from .fiber import Fiber, layout, parameters_of
+
+
+def _degreewise(x: Tensor, fiber_in: Fiber, weights: list[Tensor], bias: Tensor | None) -> Tensor:
+    """``(N, F_in) -> (N, F_out)``: ``y_l = x_l @ W_l`` (``W_l``: ``(C_in_l, C_out_l)``), plus
+    ``bias`` on degree 0."""
+    n = x.shape[0]
+    degrees = layout(fiber_in).split(x)
+    scalars = degrees[0][:, 0]
+    parts = [torch.addmm(bias, scalars, weights[0]) if bias is not None else scalars @ weights[0]]
+    for xl, w in zip(degrees[1:], weights[1:]):
+        parts.append((xl @ w).reshape(n, xl.shape[1] * w.shape[1]))  # (N, (2l+1) C_out)
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
 class EquivariantLinear(nn.Module):
@@ -28,14 +41,42 @@ class EquivariantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, F_in) -> (N, F_out)``."""
-        n = x.shape[0]
-        degrees = layout(self.fiber_in).split(x)
-        weights = parameters_of(self.weights)
-        scalars = degrees[0][:, 0]
-        if self.bias is not None:
-            parts = [torch.addmm(self.bias, scalars, weights[0])]
-        else:
-            parts = [scalars @ weights[0]]
-        for xl, w in zip(degrees[1:], weights[1:]):
-            parts.append((xl @ w).reshape(n, xl.shape[1] * w.shape[1]))  # (N, (2l+1) C_out)
-        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return _degreewise(x, self.fiber_in, parameters_of(self.weights), self.bias)
+
+
+@lru_cache(maxsize=None)
+def _split_order(fibers_out: tuple[Fiber, ...], device: torch.device) -> tuple[Tensor, tuple[int, ...]]:
+    """Columns of the stacked output (degree-major over the summed fiber) in the order of the
+    separate outputs' flat layouts, one after another; and the sizes of those outputs."""
+    stacked = tuple(sum(cs) for cs in zip(*fibers_out))
+    offsets = layout(stacked).offsets
+    order = []
+    for k, fiber in enumerate(fibers_out):
+        for l, c in enumerate(fiber):
+            start = sum(f[l] for f in fibers_out[:k])  # this output's channels within degree l
+            for m in range(2 * l + 1):
+                base = offsets[l] + m * stacked[l] + start
+                order.extend(range(base, base + c))
+    return torch.tensor(order, device=device), tuple(layout(f).size for f in fibers_out)
+
+
+def linear_many(linears: list[EquivariantLinear], x: Tensor) -> list[Tensor]:
+    """``[lin(x) for lin in linears]`` for linears of the same input fiber, as one product per
+    degree: a few dozen small ops instead of that many per linear (the per-op overhead dominates
+    node-wise layers on small graphs).  The outputs are column views of one tensor."""
+    if len(linears) == 1:
+        return [linears[0](x)]
+    fiber_in = linears[0].fiber_in
+    if any(lin.fiber_in != fiber_in for lin in linears):
+        raise ValueError(f"linears must share their input fiber, got {[lin.fiber_in for lin in linears]}")
+    per_linear = [parameters_of(lin.weights) for lin in linears]
+    weights = [torch.cat(ws, dim=1) for ws in zip(*per_linear)]  # per degree (C_in, sum C_out)
+    bias = None
+    if any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.bias if lin.bias is not None else x.new_zeros(lin.fiber_out[0]) for lin in linears])
+    order, sizes = _split_order(tuple(lin.fiber_out for lin in linears), x.device)
+    stacked = _degreewise(x, fiber_in, weights, bias)  # (N, sum F_out) degree-major
+    return list(stacked.index_select(1, order).split(sizes, dim=1))
+
+
+__all__ = ["EquivariantLinear", "linear_many"]

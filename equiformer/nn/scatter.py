@@ -11,6 +11,7 @@ def segment_softmax(
     num_nodes: int,
     weight: Tensor | None = None,
     self_logits: Tensor | None = None,
+    neighbors: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Softmax over each receiver's incoming edges (and optionally itself).
 
@@ -19,8 +20,12 @@ def segment_softmax(
     term the denominator also holds a null key (logit 0, value 0): otherwise a receiver whose only
     neighbours are fading out would still give them all its weight, and the output would jump
     as they cross the radius.  Computed in at least float32.
+    ``neighbors``: set when the edges are sorted by receiver, exactly that many each: the same
+    softmax then runs on a dense ``(N, k, H)`` view, without scatters.
     Returns ``(alpha_edges (E, H), alpha_self (N, H) or None)``.
     """
+    if neighbors is not None:
+        return _regular_softmax(logits, num_nodes, neighbors, weight, self_logits)
     out_dtype = logits.dtype
     work = torch.promote_types(out_dtype, torch.float32)
     logits = logits.to(work)
@@ -47,6 +52,28 @@ def segment_softmax(
     alpha = (numer / denom.index_select(0, dst)).to(out_dtype)
     alpha_self = (self_numer / denom).to(out_dtype) if self_numer is not None else None
     return alpha, alpha_self
+
+
+def _regular_softmax(
+    logits: Tensor, num_nodes: int, k: int, weight: Tensor | None, self_logits: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """``segment_softmax`` for ``k`` edges per receiver, stored receiver by receiver."""
+    out_dtype = logits.dtype
+    work = torch.promote_types(out_dtype, torch.float32)
+    heads = logits.shape[1]
+    scores = logits.to(work).view(num_nodes, k, heads)
+    if self_logits is not None:
+        scores = torch.cat([scores, self_logits.to(work)[:, None]], dim=1)  # (N, k+1, H)
+    else:
+        scores = torch.cat([scores, scores.new_zeros(num_nodes, 1, heads)], dim=1)  # the null key
+    peak = scores.amax(dim=1, keepdim=True).detach()  # (N, 1, H): finite, every row has a key
+    numer = torch.exp(scores - peak)  # (N, k+1, H)
+    if weight is not None:
+        ones = weight.new_ones(num_nodes, 1)
+        numer = numer * torch.cat([weight.to(work).view(num_nodes, k), ones.to(work)], dim=1)[..., None]
+    alpha = numer / numer.sum(dim=1, keepdim=True)
+    edges, last = alpha.to(out_dtype).split([k, 1], dim=1)
+    return edges.reshape(num_nodes * k, heads), (last[:, 0] if self_logits is not None else None)
 
 
 def segment_sum(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
