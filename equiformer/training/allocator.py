@@ -1,0 +1,35 @@
+"""Stop glibc from handing freed memory back to the kernel between training steps.
+
+Each step allocates and frees the same large activation tensors.  By default glibc maps blocks
+above a (slowly adapting) threshold straight from the kernel and unmaps them when freed, so the
+next step faults every page in again.  A training script, unlike a library, may set the process
+allocator: ``denoise.py`` does, through ``keep_freed_memory``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+_MMAP_THRESHOLD_MAX = 32 << 20  # the largest glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
+_TRIM_THRESHOLD = 2_000_000_000  # fits a C int; in effect "never trim"
+
+
+def keep_freed_memory() -> bool:
+    """Serve blocks up to 32 MiB from the heap and never trim it (Linux with glibc only).
+
+    Measured on 2 CPU cores, peer denoise model at 384 nodes, forward+backward: 314 -> 302 ms and
+    338 -> 310 ms in two alternated runs.
+    Both settings are needed: a trim threshold alone also pins the mmap threshold at its 128 KiB
+    start, and the same step took 842 ms.  Returns whether the settings are in force.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mmap threshold first: if it is refused, leave the trim threshold alone (see above)
+    return mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
