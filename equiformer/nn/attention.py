@@ -24,7 +24,7 @@ from .edge_geometry import EdgeGeometry
 from .expand import ColumnExpansion
 from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
 from .head_norms import squared_head_norms
-from .linear import EquivariantLinear, linear_many
+from .linear import EquivariantLinear, linear_many, stacking_order
 from .linear_attention import GlobalLinearAttention
 from .norm import EquivariantLayerNorm
 from .scatter import segment_softmax
@@ -103,6 +103,11 @@ class _GraphAttention(nn.Module):
         ``L2DistanceAttention``), then the subclass's own."""
         return [self.src_proj] if self.dst_proj is None else [self.src_proj, self.dst_proj]
 
+    def _register_node_order(self) -> None:
+        """Called by subclasses once their own node linears exist."""
+        order = stacking_order([lin.fiber_out for lin in self.node_linears()])
+        self.register_buffer("node_order", order, persistent=False)
+
     def node_inputs(self, projected: list[Tensor]) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
         """The outputs of ``node_linears`` -> (the node tensors edge messages gather from, and
         the logits (N, sum H) and values (N, F_V) of every node attending to itself, or None)."""
@@ -145,7 +150,7 @@ class _GraphAttention(nn.Module):
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = self.norm(x)
-        nodes, self_logits, self_values = self.node_inputs(linear_many(self.node_linears(), x))
+        nodes, self_logits, self_values = self.node_inputs(linear_many(self.node_linears(), x, self.node_order))
         if not geometry.chunked:
             logits, values = self.edge_messages(nodes, geometry)
             alpha, alpha_self = segment_softmax(
@@ -193,6 +198,7 @@ class MLPAttention(_GraphAttention):
         self.gate = Gate(self.value_fiber)
         if self.attend_self:
             self.self_in = EquivariantLinear(self.fiber, self.mid_fiber)
+        self._register_node_order()
 
     def _split(self, mid: Tensor, gate: Gate) -> tuple[Tensor, Tensor]:
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
@@ -231,6 +237,7 @@ class L2DistanceAttention(_GraphAttention):
         if self.attend_self:
             self.self_k = EquivariantLinear(self.fiber, self.value_fiber)
             self.self_v = EquivariantLinear(self.fiber, self.value_fiber)
+        self._register_node_order()
         # sums squared differences per head (a 0/1 matrix), with 1/sqrt(dim_head) temperatures;
         # a copy of each map for the edge-frame layouts, where keys and rotated queries meet
         scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -44,10 +43,9 @@ class EquivariantLinear(nn.Module):
         return _degreewise(x, self.fiber_in, parameters_of(self.weights), self.bias)
 
 
-@lru_cache(maxsize=None)
-def _split_order(fibers_out: tuple[Fiber, ...], device: torch.device) -> tuple[Tensor, tuple[int, ...]]:
-    """Columns of the stacked output (degree-major over the summed fiber) in the order of the
-    separate outputs' flat layouts, one after another; and the sizes of those outputs."""
+def stacking_order(fibers_out: list[Fiber]) -> Tensor:
+    """For ``linear_many``: the columns of the stacked output (degree-major over the summed
+    fiber) in the order of the separate outputs' flat layouts, one after another."""
     stacked = tuple(sum(cs) for cs in zip(*fibers_out))
     offsets = layout(stacked).offsets
     order = []
@@ -57,13 +55,16 @@ def _split_order(fibers_out: tuple[Fiber, ...], device: torch.device) -> tuple[T
             for m in range(2 * l + 1):
                 base = offsets[l] + m * stacked[l] + start
                 order.extend(range(base, base + c))
-    return torch.tensor(order, device=device), tuple(layout(f).size for f in fibers_out)
+    return torch.tensor(order)
 
 
-def linear_many(linears: list[EquivariantLinear], x: Tensor) -> list[Tensor]:
+def linear_many(linears: list[EquivariantLinear], x: Tensor, order: Tensor | None = None) -> list[Tensor]:
     """``[lin(x) for lin in linears]`` for linears of the same input fiber, as one product per
     degree: a few dozen small ops instead of that many per linear (the per-op overhead dominates
-    node-wise layers on small graphs).  The outputs are column views of one tensor."""
+    node-wise layers on small graphs).  The outputs are column views of one tensor.
+
+    ``order``: ``stacking_order`` of the linears' output fibers, made once by the caller (a
+    buffer); computed here if not given."""
     if len(linears) == 1:
         return [linears[0](x)]
     fiber_in = linears[0].fiber_in
@@ -74,9 +75,11 @@ def linear_many(linears: list[EquivariantLinear], x: Tensor) -> list[Tensor]:
     bias = None
     if any(lin.bias is not None for lin in linears):
         bias = torch.cat([lin.bias if lin.bias is not None else x.new_zeros(lin.fiber_out[0]) for lin in linears])
-    order, sizes = _split_order(tuple(lin.fiber_out for lin in linears), x.device)
+    if order is None:
+        order = stacking_order([lin.fiber_out for lin in linears]).to(x.device)
+    sizes = [layout(lin.fiber_out).size for lin in linears]
     stacked = _degreewise(x, fiber_in, weights, bias)  # (N, sum F_out) degree-major
     return list(stacked.index_select(1, order).split(sizes, dim=1))
 
 
-__all__ = ["EquivariantLinear", "linear_many"]
+__all__ = ["EquivariantLinear", "linear_many", "stacking_order"]
