@@ -250,14 +250,18 @@ class L2DistanceAttention(_GraphAttention):
         self.register_buffer("head_sum", head_sum.to(dtype), persistent=False)
         self.register_buffer("edge_head_sum", head_sum[:, self.head_edge].to(dtype), persistent=False)
 
-    def _logits(self, neg_q: Tensor, k: Tensor, edge_frame: bool) -> Tensor:
-        """From negated queries: the backward of ``k + (-q)`` hands both inputs the same
-        gradient tensor, where ``q - k`` would negate it per edge."""
+    def _keys_per_head(self, k: Tensor, edge_frame: bool) -> Tensor:
+        """Keys (R, F_V) at every position of the head fiber (R, F_heads)."""
         if self.single_headed_kv:
             k = k.index_select(1, self.edge_value_source if edge_frame else self.value_source)
-        head_sum = (self.edge_head_sum if edge_frame else self.head_sum).to(k.dtype)  # (H_pad, F_heads)
-        sq = squared_head_norms(k + neg_q, head_sum)[:, : self.head_scale.numel()]  # (R, sum H)
-        return -self.head_scale.to(k.dtype) * torch.sqrt(sq + self.eps)
+        return k
+
+    def _logits(self, difference: Tensor, edge_frame: bool) -> Tensor:
+        """From ``k - q`` (R, F_heads), formed as ``k + (-q)``: its backward hands both inputs the
+        same gradient tensor, where ``q - k`` would negate it per edge."""
+        head_sum = (self.edge_head_sum if edge_frame else self.head_sum).to(difference.dtype)  # (H_pad, F_heads)
+        sq = squared_head_norms(difference, head_sum)[:, : self.head_scale.numel()]  # (R, sum H)
+        return -self.head_scale.to(difference.dtype) * torch.sqrt(sq + self.eps)
 
     def node_linears(self) -> list[EquivariantLinear]:
         return [self.src_proj, self.to_q] + ([self.self_k, self.self_v] if self.attend_self else [])
@@ -266,7 +270,8 @@ class L2DistanceAttention(_GraphAttention):
         src, neg_q = projected[0], -projected[1]  # W_s x (N, F), -q (N, F_heads)
         if not self.attend_self:
             return [src, neg_q], None, None
-        return [src, neg_q], self._logits(neg_q, projected[2], edge_frame=False), projected[3]
+        difference = self._keys_per_head(projected[2], edge_frame=False) + neg_q
+        return [src, neg_q], self._logits(difference, edge_frame=False), projected[3]
 
     def edge_messages(self, nodes, geometry, logits=True, values=True):
         x_edge = self.edge_input(nodes, geometry)
@@ -275,8 +280,9 @@ class L2DistanceAttention(_GraphAttention):
         k = outs.pop(0) if logits else None
         out_logits = out_values = None
         if logits:  # compare in the edge frame (distances are invariant); only values go back
-            neg_q = geometry.rotate_receivers(nodes[-1], self.head_fiber)  # (E, F_heads)
-            out_logits = self._logits(neg_q, k, edge_frame=True)
+            keys = self._keys_per_head(k, edge_frame=True)
+            difference = geometry.rotate_receivers(nodes[-1], self.head_fiber, plus=keys)  # (E, F_heads)
+            out_logits = self._logits(difference, edge_frame=True)
         if values:
             out_values = outs.pop(0)
         return out_logits, out_values

@@ -201,14 +201,19 @@ class EdgeGeometry:
         rows = d.shape[-1]
         return d.view(self.num_nodes, self.neighbors * rows, rows)
 
-    def rotate_receivers(self, x: Tensor, fiber: Fiber) -> Tensor:
-        """Node features ``(N, F)`` of every edge's receiver in that edge's frame: ``(E, F)``.
-        On a regular graph one ``(N, k R, R) @ (N, R, C)`` product, without gathering ``x``."""
+    def rotate_receivers(self, x: Tensor, fiber: Fiber, plus: Tensor | None = None) -> Tensor:
+        """Node features ``(N, F)`` of every edge's receiver in that edge's frame: ``(E, F)``,
+        plus the edge-frame tensor ``plus`` if given.  On a regular graph one
+        ``(N, k R, R) @ (N, R, C)`` product, without gathering ``x``; the sum is part of it."""
         d = self._dense_rotation(fiber)
         if d is None:
-            return self.rotate(x.index_select(0, self.dst), fiber)
+            rotated = self.rotate(x.index_select(0, self.dst), fiber)
+            return rotated if plus is None else plus + rotated
         rows = d.shape[-1]
-        return torch.bmm(d, x.reshape(self.num_nodes, rows, -1)).view(self.num_edges, -1)
+        x = x.reshape(self.num_nodes, rows, -1)  # (N, R, C)
+        if plus is None:
+            return torch.bmm(d, x).view(self.num_edges, -1)
+        return torch.baddbmm(plus.reshape(self.num_nodes, d.shape[1], -1), d, x).view(self.num_edges, -1)
 
     def aggregate(self, x: Tensor, fiber: Fiber) -> Tensor:
         """Edge-frame features ``(E, F)`` rotated back to the global frame and summed over each

@@ -55,6 +55,8 @@ def test_receiver_rotation_and_aggregation_equal_gather_and_scatter(fibers, dens
         rotated = geometry.rotate_receivers(nodes, fiber)
         expected = general.rotate(nodes.index_select(0, general.dst), fiber)
         assert (rotated - expected).abs().max() <= 1e-12
+        for g_ in (geometry, general):  # with a summand folded into the product
+            assert (g_.rotate_receivers(nodes, fiber, plus=edges) - (expected + edges)).abs().max() <= 1e-12
         summed = geometry.aggregate(edges, fiber)
         expected = torch.zeros(N, layout(fiber).size, dtype=torch.float64).index_add(
             0, general.dst, general.rotate(edges, fiber, inverse=True))
