@@ -91,10 +91,13 @@ class _GraphAttention(nn.Module):
         self.register_buffer("value_source", source, persistent=False)
         # the same maps for the edge-frame layouts, where values are weighted before they are
         # rotated back (the weights are invariant, so weighting commutes with the rotation)
-        self.head_edge = edge_positions(self.head_fiber, edge_order_major(self.head_fiber, tensor_product))
-        value_edge = edge_positions(self.value_fiber, edge_order_major(self.value_fiber, tensor_product))
-        self.expand_heads_edge = ColumnExpansion(head_of[self.head_edge], sum(self.heads))
-        self.register_buffer("edge_value_source", torch.argsort(value_edge)[source[self.head_edge]], persistent=False)
+        head_edge, value_edge = self._edge_positions(self.head_fiber), self._edge_positions(self.value_fiber)
+        self.expand_heads_edge = ColumnExpansion(head_of[head_edge], sum(self.heads))
+        self.register_buffer("edge_value_source", torch.argsort(value_edge)[source[head_edge]], persistent=False)
+
+    def _edge_positions(self, fiber: Fiber) -> Tensor:
+        """Degree-major position of every position of ``fiber``'s edge-frame layout."""
+        return edge_positions(fiber, edge_order_major(fiber, self.conv_kwargs["tensor_product"]))
 
     def node_linears(self) -> list[EquivariantLinear]:
         """The node-wise projections of the normalised input, computed together (one product
@@ -248,7 +251,7 @@ class L2DistanceAttention(_GraphAttention):
         dtype = torch.get_default_dtype()
         self.register_buffer("head_scale", scale.to(dtype), persistent=False)
         self.register_buffer("head_sum", head_sum.to(dtype), persistent=False)
-        self.register_buffer("edge_head_sum", head_sum[:, self.head_edge].to(dtype), persistent=False)
+        self.register_buffer("edge_head_sum", head_sum[:, self._edge_positions(self.head_fiber)].to(dtype), persistent=False)
 
     def _keys_per_head(self, k: Tensor, edge_frame: bool) -> Tensor:
         """Keys (R, F_V) at every position of the head fiber (R, F_heads)."""
