@@ -1,8 +1,9 @@
 """Between packed graphs (nodes concatenated, with a graph index) and padded batches.
 
 The network itself always runs on packed nodes; the padded layout serves the neighbour search
-and the input checks and embeddings that ``forward_packed`` shares with ``forward``.  These helpers give every packed node a slot ``b * n_max + position`` in that layout and
-translate sparse pair lists into it.
+and the input checks and embeddings that ``forward_packed`` shares with ``forward``.  These
+helpers give every packed node a slot ``b * n_max + position`` in that layout and translate
+sparse pair lists into it.
 """
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ CASES = [
     ("node_scaling.py", ON_CPU + ["--reversible", "--edge-chunk-size", "500"], rf"^ +400 +fwd\+bwd +{NUMBER}"),
     ("peer_comparison.py", ON_CPU + ["--no-memory"], rf"^denoise-quick +ours +{NUMBER} +{NUMBER}"),
     ("memory_stability.py", [], rf"^peak RSS growth after warm-up: [+-]{NUMBER} MB"),
+    ("ab_compare.py", ["--ops"], rf"^denoise-quick bwd: median A {NUMBER} ms B {NUMBER} ms A/B {NUMBER}"),
+    ("rotation_products.py", [], rf"^ +17 +4 +{NUMBER} +{NUMBER} +{NUMBER}  (direct|transposed)$"),
+    ("op_profile.py", [], rf"^denoise-quick forward: untimed step {NUMBER} ms; \d+ operations"),
 ]
 
 

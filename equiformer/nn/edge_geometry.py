@@ -28,9 +28,10 @@ def edge_vectors(pos: Tensor, dst: Tensor, src: Tensor) -> tuple[Tensor, Tensor]
 
 
 # CPU batched GEMMs with large matrices and few output columns are faster computed transposed,
-# ``(x^T D^T)^T`` with a copy back; forward+backward over 16,384 edges on 2 cores: R = 17, C = 8
-# took 9.0 ms direct and 7.0 ms transposed (C = 2: 7.9 and 4.2), but for R <= 12 the direct
-# product was as fast or up to 1.5x faster (small matrices take PyTorch's own kernel)
+# ``(x^T D^T)^T`` with a copy back.  benchmarks/rotation_products.py (forward+backward, 16,384
+# edges, 2 cores): R = 17, C = 8 took 8.9 ms direct and 6.9 ms transposed (C = 2: 8.0 and 4.2);
+# for R <= 9 the direct product was faster at every C (up to 1.6x), R = 12 was mixed, and at
+# C = 16 the direct product won for every R
 _TRANSPOSED_MIN_ROWS, _TRANSPOSED_MAX_CHANNELS = 13, 8
 
 
@@ -165,16 +166,12 @@ class EdgeGeometry:
             return x
         lay = layout(fiber)
         edges = x.shape[0]
-        order_major = edge_order_major(fiber, "so2")
-        if order_major and fiber[0] % fiber[1] == 0:
-            # degree 0 as C_0 / C identity rows of the same matrix: one product, no split or
-            # concatenation (forward and backward), for ~(R + C_0/C)^2 / R^2 the multiply-adds
-            scalar_rows = fiber[0] // fiber[1]
-            d = self._rotation_block(1, len(fiber), lay.row_order, scalar_rows)  # (E, R', R')
+        d = self._folded_rotation(fiber)
+        if d is not None:
             if inverse:
                 d = d.transpose(-1, -2)
             return _apply_rotation(d, x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
-        if order_major:
+        if edge_order_major(fiber, "so2"):
             groups, row_order = [(1, len(fiber))], lay.row_order
         else:
             groups, row_order = lay.rotation_groups, None
@@ -188,15 +185,24 @@ class EdgeGeometry:
             parts.append(_apply_rotation(d, block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
         return torch.cat(parts, dim=-1)
 
-    def _dense_rotation(self, fiber: Fiber) -> Tensor | None:
-        """For a regular graph (``neighbors``) and a fiber rotated as one product: the rotations
-        into the edge frames of every receiver's edges stacked, ``(N, k R, R)`` (a view), else None."""
-        if self.neighbors is None or self.wigner is None or len(fiber) == 1 or self.chunked:
+    def _folded_rotation(self, fiber: Fiber) -> Tensor | None:
+        """``(E, R, R)`` rotation of the whole fiber as one matrix when it is order-major and
+        ``C_0`` a multiple of the shared l > 0 channel count C: degree 0 rides along as
+        ``C_0 / C`` identity rows, so a rotation is one product with no split or concatenation
+        (forward and backward), for ~(R + C_0/C)^2 / R^2 the multiply-adds.  Else None."""
+        if self.wigner is None or len(fiber) == 1:
             return None
         if not (edge_order_major(fiber, "so2") and fiber[0] % fiber[1] == 0):
             return None
-        d = self._rotation_block(1, len(fiber), layout(fiber).row_order, fiber[0] // fiber[1])  # (E, R, R)
-        if not d.is_contiguous():
+        return self._rotation_block(1, len(fiber), layout(fiber).row_order, fiber[0] // fiber[1])
+
+    def _dense_rotation(self, fiber: Fiber) -> Tensor | None:
+        """For a regular graph (``neighbors``) and a fiber rotated as one product: the rotations
+        into the edge frames of every receiver's edges stacked, ``(N, k R, R)`` (a view), else None."""
+        if self.neighbors is None or self.chunked:
+            return None
+        d = self._folded_rotation(fiber)  # (E, R, R)
+        if d is None or not d.is_contiguous():
             return None
         rows = d.shape[-1]
         return d.view(self.num_nodes, self.neighbors * rows, rows)
@@ -245,8 +251,8 @@ def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
     if num_nodes == 0 or edges == 0 or edges % num_nodes:
         return None
     k = edges // num_nodes
-    expected = torch.arange(num_nodes, device=dst.device).repeat_interleave(k)
-    return k if torch.equal(dst, expected) else None
+    receivers = torch.arange(num_nodes, device=dst.device)[:, None]
+    return k if bool((dst.view(num_nodes, k) == receivers).all()) else None
 
 
 __all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "edge_vectors", "uniform_in_degree"]

@@ -68,9 +68,9 @@ def _regular_softmax(
         scores = torch.cat([scores, scores.new_zeros(num_nodes, 1, heads)], dim=1)  # the null key
     peak = scores.amax(dim=1, keepdim=True).detach()  # (N, 1, H): finite, every row has a key
     numer = torch.exp(scores - peak)  # (N, k+1, H)
-    if weight is not None:
-        ones = weight.new_ones(num_nodes, 1)
-        numer = numer * torch.cat([weight.to(work).view(num_nodes, k), ones.to(work)], dim=1)[..., None]
+    if weight is not None:  # the self or null key (last column) keeps factor 1
+        factors = torch.cat([weight.to(work).view(num_nodes, k), numer.new_ones(num_nodes, 1)], dim=1)
+        numer = numer * factors[..., None]
     alpha = numer / numer.sum(dim=1, keepdim=True)
     edges, last = alpha.to(out_dtype).split([k, 1], dim=1)
     return edges.reshape(num_nodes * k, heads), (last[:, 0] if self_logits is not None else None)

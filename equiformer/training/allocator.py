@@ -19,10 +19,11 @@ _TRIM_THRESHOLD = 2_000_000_000  # fits a C int; in effect "never trim"
 def keep_freed_memory() -> bool:
     """Serve blocks up to 32 MiB from the heap and never trim it (Linux with glibc only).
 
-    Measured on 2 CPU cores, peer denoise model at 384 nodes, forward+backward: 314 -> 302 ms and
-    338 -> 310 ms in two alternated runs.
-    Both settings are needed: a trim threshold alone also pins the mmap threshold at its 128 KiB
-    start, and the same step took 842 ms.  Returns whether the settings are in force.
+    ``python benchmarks/ab_compare.py --a . --b . --b-keep-freed-memory --configs denoise-384``
+    (2 CPU cores, forward+backward): median 322.9 -> 306.8 ms.  Both settings are needed: glibc
+    documents that setting any threshold turns off its dynamic mmap threshold, so a trim threshold
+    alone would leave every block above 128 KiB mapped and unmapped on each step.  Returns
+    whether the settings are in force.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
