@@ -127,6 +127,7 @@ def knn_edges(
     valid_radius: float,
     exclude: tuple[Tensor, Tensor] | None = None,
     chunk_elements: int = 1 << 23,
+    by_size: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Up to ``num_neighbors`` nearest other real nodes within ``valid_radius`` (inclusive).
 
@@ -134,11 +135,74 @@ def knn_edges(
     must not be picked (they are already neighbours through the adjacency).  Large graphs with a
     finite ``k`` use a cell grid (time and memory O(n k)); otherwise rows are compared with all
     nodes in chunks of ``chunk_elements / (B n)`` (memory linear in ``n``, time O(n^2)).
-    Both give exactly the same edges.
+    ``by_size``: when padding to the largest graph would more than double the search (graphs of
+    very different sizes, e.g. from ``forward_packed``), graphs are searched in groups of similar
+    size with their real nodes packed to the front (see ``size_groups``).
+    All of these give exactly the same edges.
     """
+    groups = size_groups(mask) if by_size else None
+    if groups is not None:
+        return _grouped_knn_edges(pos, mask, groups, num_neighbors, valid_radius, exclude, chunk_elements)
+    return _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
+
+
+def _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements) -> tuple[Tensor, Tensor]:
     if num_neighbors != INF and pos.shape[1] >= GRID_MIN_NODES:
         return grid_knn_edges(pos, mask, int(num_neighbors), valid_radius, exclude, chunk_elements)
     return brute_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
+
+
+def size_groups(mask: Tensor) -> list[Tensor] | None:
+    """Graphs (rows of ``mask``) grouped by size class ``ceil(log2(real nodes))``, or None when
+    searching the groups apart would not at least halve the exhaustive search's pairs (each
+    group is padded to its own largest graph: at most 2x its graphs' sizes, so at most 4x their
+    pairs).  Graphs without real nodes are left out."""
+    b, n = mask.shape
+    counts = mask.sum(1)  # (B,)
+    nonempty = counts > 0
+    if b * n == 0 or not bool(nonempty.any()):
+        return None
+    size_class = torch.where(nonempty, torch.ceil(torch.log2(counts.clamp(min=1).double())).long(), -1)
+    groups = [(size_class == c).nonzero().flatten() for c in torch.unique(size_class[nonempty]).tolist()]
+    grouped_pairs = sum(g.numel() * int(counts[g].max()) ** 2 for g in groups)
+    padded_pairs = int(nonempty.sum()) * n * n
+    return groups if 2 * grouped_pairs <= padded_pairs else None
+
+
+def _grouped_knn_edges(pos, mask, groups, num_neighbors, valid_radius, exclude, chunk_elements) -> tuple[Tensor, Tensor]:
+    """``knn_edges`` one size group at a time, on the group's graphs with their real nodes
+    moved to the front and padded only to the group's largest graph."""
+    b, n, _ = pos.shape
+    device = pos.device
+    flat_pos = pos.detach().reshape(b * n, 3)
+    rank = torch.cumsum(mask, dim=1) - 1  # (B, n) position of each real node among its graph's
+    compact_id = torch.full((b * n,), -1, dtype=torch.long, device=device)  # padded-flat -> in group
+    plans = []
+    for graphs in groups:
+        width = int(mask[graphs].sum(1).max())
+        local, col = mask[graphs].nonzero(as_tuple=True)  # real nodes, (P,) each
+        real = graphs[local] * n + col  # padded-flat ids
+        compact = local * width + rank[graphs[local], col]  # ids in the group's (G, width) layout
+        compact_id[real] = compact
+        plans.append((graphs, width, real, compact))
+    group_of_graph = torch.full((b,), -1, dtype=torch.long, device=device)
+    for i, (graphs, *_) in enumerate(plans):
+        group_of_graph[graphs] = i
+    out_dst, out_src = [], []
+    for i, (graphs, width, real, compact) in enumerate(plans):
+        size = graphs.numel() * width
+        group_pos = flat_pos.new_zeros(size, 3).index_copy(0, compact, flat_pos[real]).view(-1, width, 3)
+        group_mask = torch.zeros(size, dtype=torch.bool, device=device).index_fill(0, compact, True).view(-1, width)
+        group_exclude = None
+        if exclude is not None and exclude[0].numel():
+            ex_dst, ex_src = compact_id[exclude[0]], compact_id[exclude[1]]
+            keep = (group_of_graph[exclude[0] // n] == i) & (ex_dst >= 0) & (ex_src >= 0)
+            group_exclude = (ex_dst[keep], ex_src[keep])
+        dst, src = _padded_knn_edges(group_pos, group_mask, num_neighbors, valid_radius, group_exclude, chunk_elements)
+        back = torch.empty(size, dtype=torch.long, device=device).index_copy_(0, compact, real)  # group id -> padded-flat
+        out_dst.append(back[dst])
+        out_src.append(back[src])
+    return torch.cat(out_dst), torch.cat(out_src)
 
 
 def brute_knn_edges(

@@ -135,3 +135,63 @@ def test_grid_search_equals_exhaustive_search():
         b = brute_knn_edges(pos, mask, k, radius, exclude)
         assert set(zip(*map(torch.Tensor.tolist, a))) == set(zip(*map(torch.Tensor.tolist, b)))
         assert a[0].numel() > 0
+
+
+def _skewed_batch(sizes, n, generator):
+    """Graphs of the given sizes in a (B, n) batch, real nodes at random positions of each row."""
+    pos = torch.rand(len(sizes), n, 3, generator=generator, dtype=torch.float64) * 12
+    mask = torch.zeros(len(sizes), n, dtype=torch.bool)
+    for b, size in enumerate(sizes):
+        mask[b, torch.randperm(n, generator=generator)[:size]] = True
+    return pos, mask
+
+
+def test_size_grouped_search_equals_padded_search(monkeypatch):
+    import equiformer.graph as graph_module
+
+    g = torch.Generator().manual_seed(7)
+    pos, mask = _skewed_batch([300, 1, 0, 7, 16, 9, 40, 3] + [5] * 40, 320, g)
+    flat = (torch.arange(mask.shape[0])[:, None] * 320 + torch.arange(320))[mask]  # real padded-flat ids
+    exclude = (flat[:-1:3], flat[1::3])  # consecutive real nodes, kept only within a graph below
+    same_graph = exclude[0] // 320 == exclude[1] // 320
+    exclude = (exclude[0][same_graph], exclude[1][same_graph])
+    widths = []
+    padded_search = graph_module._padded_knn_edges
+
+    def recording(pos, *args):
+        widths.append(pos.shape[1])
+        return padded_search(pos, *args)
+
+    monkeypatch.setattr(graph_module, "_padded_knn_edges", recording)
+    assert graph_module.size_groups(mask) is not None
+    for k, radius, ex in [(4, INF, None), (6, 3.0, exclude), (INF, 2.5, None), (INF, INF, exclude)]:
+        widths.clear()
+        grouped = knn_edges(pos, mask, k, radius, ex)
+        # groups by ceil(log2(size)): {1}, {3}, {5, 7}, {9, 16}, {40}, {300}, each padded to its largest
+        assert sorted(widths) == [1, 3, 7, 16, 40, 300]
+        plain = knn_edges(pos, mask, k, radius, ex, by_size=False)
+        assert set(zip(*map(torch.Tensor.tolist, grouped))) == set(zip(*map(torch.Tensor.tolist, plain)))
+        assert grouped[0].numel() > 0
+
+
+def test_size_grouped_search_with_a_grid_sized_graph():
+    g = torch.Generator().manual_seed(8)
+    pos, mask = _skewed_batch([2100] + [12] * 30, 2100, g)
+    exclude = (torch.tensor([0, 1, 2100 * 5]), torch.tensor([1, 2, 2100 * 5 + 0]))  # one pointless self pair
+    exclude = (exclude[0][mask.flatten()[exclude[0]]], exclude[1][mask.flatten()[exclude[0]]])
+    for k, radius in [(8, INF), (5, 1.0)]:
+        grouped = knn_edges(pos, mask, k, radius, exclude)
+        plain = knn_edges(pos, mask, k, radius, exclude, by_size=False)
+        assert set(zip(*map(torch.Tensor.tolist, grouped))) == set(zip(*map(torch.Tensor.tolist, plain)))
+
+
+def test_size_groups_only_when_padding_dominates():
+    from equiformer.graph import size_groups
+
+    full = torch.ones(4, 50, dtype=torch.bool)
+    assert size_groups(full) is None  # equal sizes: one group, nothing to gain
+    assert size_groups(torch.zeros(3, 10, dtype=torch.bool)) is None  # no real nodes
+    skewed = full.clone()
+    skewed[1:, 5:] = False  # 50, 5, 5, 5 nodes
+    groups = size_groups(skewed)
+    assert [g.tolist() for g in groups] == [[1, 2, 3], [0]]

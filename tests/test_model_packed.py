@@ -82,3 +82,28 @@ def test_packed_rejects_pairs_across_graphs():
     graph_index = torch.tensor([0, 0, 1, 1])
     with pytest.raises(ValueError, match="adjacency"):
         model.forward_packed(torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64), graph_index, adjacency=torch.tensor([[0], [2]]))
+
+
+def test_graphs_of_very_different_sizes_packed_equal_each_graph_alone():
+    """One large graph with many small ones: the neighbour search runs by size groups (the
+    padded search would compare 30 x 40^2 pairs); every graph still gets its own result."""
+    from equiformer.graph import size_groups
+
+    model = make_model(attend_sparse_neighbors=True, num_adj_degrees_embed=2)
+    sizes = [40] + [1, 2, 3, 5, 8] * 6
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(sum(sizes), 5, dtype=torch.float64, generator=g)
+    coors = torch.randn(sum(sizes), 3, dtype=torch.float64, generator=g) * 2
+    graph_index = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    first = torch.cumsum(torch.tensor([0] + sizes[:-1]), 0)
+    chain = [(i, i + 1) for start, size in zip(first.tolist(), sizes) for i in range(start, start + size - 1)]
+    adjacency = torch.tensor(chain + [(j, i) for i, j in chain]).T
+    mask = torch.zeros(len(sizes), max(sizes), dtype=torch.bool)
+    for b, size in enumerate(sizes):
+        mask[b, :size] = True
+    assert size_groups(mask) is not None  # the grouped search is what runs here
+    packed = model.forward_packed(feats, coors, graph_index, adjacency=adjacency)
+    for b, (start, size) in enumerate(zip(first.tolist(), sizes)):
+        own = (adjacency[0] >= start) & (adjacency[0] < start + size)
+        alone = model.forward_packed(feats[start : start + size], coors[start : start + size], adjacency=adjacency[:, own] - start)
+        assert (alone.type1 - packed.type1[start : start + size]).abs().max() <= 1e-12
