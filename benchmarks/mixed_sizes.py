@@ -1,10 +1,10 @@
-"""Graphs of very different sizes in one packed call: neighbour search by size groups against
-the search padded to the largest graph, alternated in one run.
+"""Graphs of very different sizes in one call: one protein-sized graph with many small molecules.
 
-The batch is one protein-sized graph with many small molecules.  Padding every graph to the
-largest one makes the exhaustive search compare ``B * n_max^2`` pairs; grouping graphs by
-``ceil(log2(size))`` compares at most 4x the pairs the graphs really have.  Times the search
-alone (``knn_edges``) and a whole ``forward_packed`` (denoise-like model, k = 16).
+Search: ``knn_edges`` on the padded batch, with graphs grouped by size (the default) and padded
+to the largest graph (``by_size=False``: ``B * n_max^2`` pairs compared), and ``packed_knn_edges``
+on the packed nodes; all three must find the same edges.  Model: ``forward_packed`` (nothing
+padded) against ``forward`` on the equivalent padded batch with a mask (inputs, coordinates and
+id maps padded to ``B x n_max`` slots).  Each pair is timed back to back in one run.
 
     python benchmarks/mixed_sizes.py [--large 1500] [--small 20] [--count 499] [--device auto] [--quick]
 """
@@ -21,17 +21,6 @@ from common import machine_line, pick_device, time_fn  # noqa: E402
 
 import equiformer.graph as graph_module  # noqa: E402
 from equiformer import Equiformer  # noqa: E402
-
-
-class padded_search:
-    """Within this context the search pads every graph to the largest (no size groups)."""
-
-    def __enter__(self):
-        self.original = graph_module.size_groups
-        graph_module.size_groups = lambda mask: None
-
-    def __exit__(self, *exc):
-        graph_module.size_groups = self.original
 
 
 def main() -> None:
@@ -61,28 +50,43 @@ def main() -> None:
     torch.manual_seed(0)
     model = Equiformer(num_tokens=24, dim=(16, 8, 8, 8), dim_head=(16, 8, 8, 8), heads=(4, 2, 2, 2), depth=2,
                        num_neighbors=16, num_degrees=4, reduce_dim_out=True).to(device)
+    padded_tokens = torch.zeros(b, n, dtype=torch.long, device=device)
+    padded_tokens[mask] = tokens
 
-    def search():
-        return graph_module.knn_edges(pos, mask, 16, float("inf"))
+    def edge_set(edges):
+        return {tuple(p) for p in torch.stack(edges).T.tolist()}
 
-    def forward():
+    searches = {
+        "grouped": lambda: graph_module.knn_edges(pos, mask, 16, float("inf")),
+        "padded": lambda: graph_module.knn_edges(pos, mask, 16, float("inf"), by_size=False),
+    }
+    flat_ids = mask.reshape(-1).nonzero().flatten()  # padded-flat id of every packed node
+    packed = graph_module.packed_knn_edges(coors, graph_index, 16, float("inf"))
+    reference = edge_set(searches["padded"]())
+    if edge_set(searches["grouped"]()) != reference or edge_set((flat_ids[packed[0]], flat_ids[packed[1]])) != reference:
+        sys.exit("the searches found different edges: not a valid comparison")
+    print(f"{len(sizes)} graphs, {sum(sizes)} nodes (1 x {args.large}, {args.count} x {args.small}), "
+          f"{len(reference)} edges (k = 16); padded layout {b} x {n} = {b * n} slots")
+    repeats = 3 if args.quick else 5
+
+    def forward_packed():
         with torch.no_grad():
             return model.forward_packed(tokens, coors, graph_index)
 
-    grouped_edges = {tuple(p) for p in torch.stack(search()).T.tolist()}
-    with padded_search():
-        padded_edges = {tuple(p) for p in torch.stack(search()).T.tolist()}
-    if grouped_edges != padded_edges:
-        sys.exit("the grouped and padded searches found different edges: not a valid comparison")
-    print(f"{len(sizes)} graphs, {sum(sizes)} nodes (1 x {args.large}, {args.count} x {args.small}), "
-          f"{len(grouped_edges)} edges (k = 16); padded layout {b} x {n}")
-    print(f"{'':>18} {'grouped ms':>11} {'padded ms':>10} {'padded/grouped':>15}")
-    repeats = 3 if args.quick else 5
-    for name, fn in [("search", search), ("forward_packed", forward)]:
-        grouped = time_fn(fn, device, repeats=repeats, warmup=1)
-        with padded_search():
-            padded = time_fn(fn, device, repeats=repeats, warmup=1)
-        print(f"{name:>18} {grouped * 1e3:>11.1f} {padded * 1e3:>10.1f} {padded / grouped:>14.1f}x")
+    def forward_padded():
+        with torch.no_grad():
+            return model(padded_tokens, pos, mask)
+
+    rows = [
+        ("search", searches["grouped"], "padded", searches["padded"]),
+        ("packed search", lambda: graph_module.packed_knn_edges(coors, graph_index, 16, float("inf")), "padded", searches["padded"]),
+        ("forward_packed", forward_packed, "forward", forward_padded),
+    ]
+    print(f"{'':>16} {'ms':>9} {'against':>9} {'ms':>9} {'ratio':>8}")
+    for name, fn, other_name, other in rows:
+        ours = time_fn(fn, device, repeats=repeats, warmup=1)
+        theirs = time_fn(other, device, repeats=repeats, warmup=1)
+        print(f"{name:>16} {ours * 1e3:>9.1f} {other_name:>9} {theirs * 1e3:>9.1f} {theirs / ours:>7.1f}x")
 
 
 if __name__ == "__main__":

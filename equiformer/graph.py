@@ -136,14 +136,49 @@ def knn_edges(
     finite ``k`` use a cell grid (time and memory O(n k)); otherwise rows are compared with all
     nodes in chunks of ``chunk_elements / (B n)`` (memory linear in ``n``, time O(n^2)).
     ``by_size``: when padding to the largest graph would more than double the search (graphs of
-    very different sizes, e.g. from ``forward_packed``), graphs are searched in groups of similar
-    size with their real nodes packed to the front (see ``size_groups``).
-    All of these give exactly the same edges.
+    very different sizes), graphs are searched in groups of similar size with their real nodes
+    moved to the front (see ``size_groups``).  All of these give exactly the same edges.
     """
-    groups = size_groups(mask) if by_size else None
-    if groups is not None:
-        return _grouped_knn_edges(pos, mask, groups, num_neighbors, valid_radius, exclude, chunk_elements)
-    return _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
+    b, n, _ = pos.shape
+    counts = mask.sum(1)  # (B,)
+    groups = size_groups(counts, padded_width=n) if by_size else None
+    if groups is None:
+        return _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
+    ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
+    rank = (torch.cumsum(mask, dim=1) - 1).reshape(-1)[ids]  # position among its graph's real nodes
+    nodes = _Nodes(pos.detach().reshape(b * n, 3)[ids], ids // n, rank, ids, b * n)
+    return _grouped_knn_edges(nodes, counts, groups, num_neighbors, valid_radius, exclude, chunk_elements)
+
+
+def packed_knn_edges(
+    pos: Tensor,
+    graph_index: Tensor,
+    num_neighbors: float,
+    valid_radius: float,
+    exclude: tuple[Tensor, Tensor] | None = None,
+    chunk_elements: int = 1 << 23,
+) -> tuple[Tensor, Tensor]:
+    """``knn_edges`` for packed nodes: ``pos`` ``(N, 3)``, ``graph_index`` ``(N,)``; node ids and
+    ``exclude`` pairs are positions ``0..N-1``.  Graphs are searched in groups of similar size,
+    so no search (and no tensor) is ever padded to the largest graph."""
+    empty = torch.zeros(0, dtype=torch.long, device=pos.device)
+    if pos.shape[0] == 0:
+        return empty, empty
+    counts, rank = positions_in_graphs(graph_index)
+    ids = torch.arange(pos.shape[0], device=pos.device)
+    nodes = _Nodes(pos.detach(), graph_index, rank, ids, pos.shape[0])
+    return _grouped_knn_edges(nodes, counts, size_groups(counts), num_neighbors, valid_radius, exclude, chunk_elements)
+
+
+def positions_in_graphs(graph_index: Tensor) -> tuple[Tensor, Tensor]:
+    """``graph_index`` ``(N,)`` -> (nodes per graph ``(B,)``, every node's position within its
+    graph ``(N,)``, in node order)."""
+    counts = torch.bincount(graph_index)
+    order = torch.argsort(graph_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(graph_index)
+    position[order] = torch.arange(order.numel(), device=graph_index.device) - starts[graph_index[order]]
+    return counts, position
 
 
 def _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements) -> tuple[Tensor, Tensor]:
@@ -152,56 +187,72 @@ def _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_ele
     return brute_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
 
 
-def size_groups(mask: Tensor) -> list[Tensor] | None:
-    """Graphs (rows of ``mask``) grouped by size class ``ceil(log2(real nodes))``, or None when
-    searching the groups apart would not at least halve the exhaustive search's pairs (each
-    group is padded to its own largest graph: at most 2x its graphs' sizes, so at most 4x their
-    pairs).  Graphs without real nodes are left out."""
-    b, n = mask.shape
-    counts = mask.sum(1)  # (B,)
+def size_groups(counts: Tensor, padded_width: int | None = None) -> list[Tensor] | None:
+    """Graphs with ``counts`` real nodes each, grouped by size class ``ceil(log2(count))``
+    (graphs without nodes left out).  Each group is later padded to its own largest graph: at
+    most 2x its graphs' sizes, so at most 4x their pairs in an exhaustive search.
+    ``padded_width``: the alternative is one search padded to this many nodes per graph; then
+    None is returned unless the groups at least halve the compared pairs."""
     nonempty = counts > 0
-    if b * n == 0 or not bool(nonempty.any()):
-        return None
+    if not bool(nonempty.any()):
+        return None if padded_width is not None else []
     size_class = torch.where(nonempty, torch.ceil(torch.log2(counts.clamp(min=1).double())).long(), -1)
     groups = [(size_class == c).nonzero().flatten() for c in torch.unique(size_class[nonempty]).tolist()]
+    if padded_width is None:
+        return groups
     grouped_pairs = sum(g.numel() * int(counts[g].max()) ** 2 for g in groups)
-    padded_pairs = int(nonempty.sum()) * n * n
+    padded_pairs = int(nonempty.sum()) * padded_width**2
     return groups if 2 * grouped_pairs <= padded_pairs else None
 
 
-def _grouped_knn_edges(pos, mask, groups, num_neighbors, valid_radius, exclude, chunk_elements) -> tuple[Tensor, Tensor]:
-    """``knn_edges`` one size group at a time, on the group's graphs with their real nodes
-    moved to the front and padded only to the group's largest graph."""
-    b, n, _ = pos.shape
-    device = pos.device
-    flat_pos = pos.detach().reshape(b * n, 3)
-    rank = torch.cumsum(mask, dim=1) - 1  # (B, n) position of each real node among its graph's
-    compact_id = torch.full((b * n,), -1, dtype=torch.long, device=device)  # padded-flat -> in group
-    plans = []
-    for graphs in groups:
-        width = int(mask[graphs].sum(1).max())
-        local, col = mask[graphs].nonzero(as_tuple=True)  # real nodes, (P,) each
-        real = graphs[local] * n + col  # padded-flat ids
-        compact = local * width + rank[graphs[local], col]  # ids in the group's (G, width) layout
-        compact_id[real] = compact
-        plans.append((graphs, width, real, compact))
-    group_of_graph = torch.full((b,), -1, dtype=torch.long, device=device)
-    for i, (graphs, *_) in enumerate(plans):
+@dataclass
+class _Nodes:
+    """Real nodes for a grouped search: positions ``(P, 3)``, graph, rank within the graph, and
+    the ids edges and exclusions use (all ids below ``id_space``)."""
+
+    pos: Tensor
+    graph: Tensor
+    rank: Tensor
+    ids: Tensor
+    id_space: int
+
+
+def _grouped_knn_edges(
+    nodes: _Nodes, counts: Tensor, groups: list[Tensor], num_neighbors, valid_radius, exclude, chunk_elements
+) -> tuple[Tensor, Tensor]:
+    """The search one size group at a time, each group's graphs laid out ``(G, width)`` with
+    their nodes in rank order and padded only to the group's largest graph."""
+    device = nodes.pos.device
+    num_graphs = counts.numel()
+    group_of_graph = torch.full((num_graphs,), -1, dtype=torch.long, device=device)
+    slot_of_graph = torch.zeros(num_graphs, dtype=torch.long, device=device)  # graph's row in its group
+    widths = []
+    for i, graphs in enumerate(groups):
         group_of_graph[graphs] = i
+        slot_of_graph[graphs] = torch.arange(graphs.numel(), device=device)
+        widths.append(int(counts[graphs].max()))
+    node_group = group_of_graph[nodes.graph]  # (P,)
+    compact = slot_of_graph[nodes.graph] * torch.tensor(widths, device=device)[node_group] + nodes.rank  # (P,)
+    group_of_id = torch.full((nodes.id_space,), -1, dtype=torch.long, device=device)
+    compact_of_id = torch.full((nodes.id_space,), -1, dtype=torch.long, device=device)
+    group_of_id[nodes.ids], compact_of_id[nodes.ids] = node_group, compact
     out_dst, out_src = [], []
-    for i, (graphs, width, real, compact) in enumerate(plans):
-        size = graphs.numel() * width
-        group_pos = flat_pos.new_zeros(size, 3).index_copy(0, compact, flat_pos[real]).view(-1, width, 3)
-        group_mask = torch.zeros(size, dtype=torch.bool, device=device).index_fill(0, compact, True).view(-1, width)
+    for i, (graphs, width) in enumerate(zip(groups, widths)):
+        members = (node_group == i).nonzero().flatten()
+        here, size = compact[members], graphs.numel() * width
+        group_pos = nodes.pos.new_zeros(size, 3).index_copy(0, here, nodes.pos[members]).view(-1, width, 3)
+        group_mask = torch.zeros(size, dtype=torch.bool, device=device).index_fill(0, here, True).view(-1, width)
         group_exclude = None
         if exclude is not None and exclude[0].numel():
-            ex_dst, ex_src = compact_id[exclude[0]], compact_id[exclude[1]]
-            keep = (group_of_graph[exclude[0] // n] == i) & (ex_dst >= 0) & (ex_src >= 0)
-            group_exclude = (ex_dst[keep], ex_src[keep])
+            keep = (group_of_id[exclude[0]] == i) & (group_of_id[exclude[1]] == i)
+            group_exclude = (compact_of_id[exclude[0][keep]], compact_of_id[exclude[1][keep]])
         dst, src = _padded_knn_edges(group_pos, group_mask, num_neighbors, valid_radius, group_exclude, chunk_elements)
-        back = torch.empty(size, dtype=torch.long, device=device).index_copy_(0, compact, real)  # group id -> padded-flat
+        back = torch.empty(size, dtype=torch.long, device=device).index_copy_(0, here, nodes.ids[members])  # -> ids
         out_dst.append(back[dst])
         out_src.append(back[src])
+    if not out_dst:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
     return torch.cat(out_dst), torch.cat(out_src)
 
 
@@ -393,7 +444,7 @@ def grid_knn_edges(
 
 def build_graph(
     pos: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     num_neighbors: float = INF,
     valid_radius: float = INF,
     adj_mat: Tensor | None = None,
@@ -401,17 +452,21 @@ def build_graph(
     max_sparse_neighbors: float = INF,
     adjacency_edges: bool = True,
     adjacency: tuple[Tensor, Tensor] | None = None,
+    graph_index: Tensor | None = None,
 ) -> Graph:
-    """Edges of a padded batch: adjacency pairs (within ``max_hops``, capped) plus nearest
-    neighbours by distance; every edge is labelled with its hop count when an adjacency is given.
+    """Edges of a padded batch (or of packed graphs, see ``graph_index``): adjacency pairs
+    (within ``max_hops``, capped) plus nearest neighbours by distance; every edge is labelled with
+    its hop count when an adjacency is given.
 
     The adjacency comes either dense, ``adj_mat`` ``(b, n, n)``, or as padded-flat
     ``(dst, src)`` pairs in ``adjacency`` (self pairs and padding already removed).
     ``adjacency_edges=False`` uses the adjacency only to label the distance-selected edges.
     ``num_neighbors = 0`` with adjacency edges gives the adjacency alone.
+    ``graph_index``: packed nodes instead: ``pos`` is ``(N, 3)``, ``graph_index`` ``(N,)``, ``mask``
+    unused, and node ids (edges, ``adjacency``) are positions ``0..N-1``.
     """
-    b, n, _ = pos.shape
-    size = b * n
+    packed = graph_index is not None
+    size = pos.shape[0] if packed else pos.shape[0] * pos.shape[1]
     device = pos.device
     dst_parts, src_parts, by_distance = [], [], []
     exclude = None
@@ -432,7 +487,10 @@ def build_graph(
             # nearest neighbours
             exclude = (adj_dst[keep], adj_src[keep])
     if num_neighbors > 0:
-        dst, src = knn_edges(pos, mask, num_neighbors, valid_radius, exclude)
+        if packed:
+            dst, src = packed_knn_edges(pos, graph_index, num_neighbors, valid_radius, exclude)
+        else:
+            dst, src = knn_edges(pos, mask, num_neighbors, valid_radius, exclude)
         dst_parts.append(dst)
         src_parts.append(src)
         by_distance.append(torch.ones_like(dst, dtype=torch.bool))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .graph import INF, adjacency_pairs, build_graph
+from .graph import INF, Graph, adjacency_pairs, build_graph
 from .nn.attention import L2DistanceAttention, MLPAttention
 from .nn.edge_geometry import EdgeGeometry, edge_vectors
 from .nn.feedforward import FeedForward
@@ -23,8 +23,8 @@ from .nn.linear import EquivariantLinear
 from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
-from .packing import padded_slots, sparse_edge_lookup, sparse_pairs
-from .validation import check_config, check_features, check_forward
+from .packing import graph_positions, sparse_edge_lookup, sparse_pairs
+from .validation import check_config, check_features, check_forward, check_packed
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -199,17 +199,19 @@ class Equiformer(nn.Module):
         return cls(**config)
 
     # ------------------------------------------------------------------ inputs
-    def _input_features(self, inputs: Tensor | dict, b: int, n: int) -> dict[int, Tensor]:
-        """Padded per-degree inputs: ``{0: (b, n, d0), l: (b, n, d_l, 2l+1)}``."""
-        check_features(self, inputs, b, n)
+    def _embed_inputs(self, inputs: Tensor | dict, positions: Tensor, node_dims: int) -> dict[int, Tensor]:
+        """Checked inputs (see ``check_features``) with ``node_dims`` leading node dimensions
+        (2: ``(b, n)`` padded, 1: ``(N,)`` packed) -> ``{0: (*nodes, d0), l: (*nodes, d_l, 2l+1)}``.
+        ``positions``: every node's index within its graph (for ``num_positions``), broadcastable
+        to the node dimensions."""
         feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
         x0 = feats[0]
         if self.token_emb is not None:
             x0 = self.token_emb(x0)
-        elif x0.ndim == 4:
-            x0 = x0[..., 0]
+        elif x0.ndim == node_dims + 2:
+            x0 = x0[..., 0]  # (..., d0, 1) -> (..., d0)
         if self.pos_emb is not None:
-            x0 = x0 + self.pos_emb(torch.arange(n, device=x0.device))
+            x0 = x0 + self.pos_emb(positions)
         frac = self.embedding_grad_frac
         feats[0] = frac * x0 + (1 - frac) * x0.detach()
         return feats
@@ -243,19 +245,23 @@ class Equiformer(nn.Module):
         b, n, _ = coors.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=coors.device)
-        feats = self._input_features(inputs, b, n)
+        check_features(self, inputs, (b, n), "batch, nodes", largest_graph=n)
+        feats = self._embed_inputs(inputs, torch.arange(n, device=coors.device), node_dims=2)
         if adj_mat is not None and adj_mat.ndim == 2:
             adj_mat = adj_mat[None].expand(b, n, n)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
 
         node_ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
-        x = self._pack_features(feats, node_ids, b * n)
-        adjacency = adjacency_pairs(adj_mat, mask) if needs_adjacency else None
+        x = self._pack_features(feats, b * n, node_ids)
         edge_lookup = None
         if edges is not None:
             flat_edges = edges.reshape(b * n, n, *edges.shape[3:])
             edge_lookup = lambda dst, src: flat_edges[dst, src % n]  # noqa: E731
-        x = self._run(x, coors, mask, node_ids, adjacency, edge_lookup)
+        graph = self._graph(coors, mask=mask, adjacency=adjacency_pairs(adj_mat, mask) if needs_adjacency else None)
+        to_packed = torch.full((b * n,), -1, dtype=torch.long, device=coors.device)
+        to_packed[node_ids] = torch.arange(node_ids.numel(), device=coors.device)
+        pos = coors.reshape(b * n, 3).index_select(0, node_ids)
+        x = self._run(x, pos, graph, to_packed, node_ids // n, b, edge_lookup)
         return Return(self._unpack(x, node_ids, mask, return_pooled))
 
     def forward_packed(
@@ -275,35 +281,27 @@ class Equiformer(nn.Module):
         meaning "``j`` is a neighbour of ``i``" (the sparse ``adj_mat``).  ``edge_index`` /
         ``edge_attr``: the sparse ``edges`` argument: pairs ``(i, j)`` and their edge-token ids
         ``(P,)`` or features ``(P, edge_dim)``; pairs not listed get token 0 / zero features.
-        Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent.
+        Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent.  Nothing is
+        padded: memory is linear in N whatever the mix of graph sizes.
         """
+        check_packed(self, coors, graph_index)
         n_nodes = coors.shape[0]
-        if coors.ndim != 2 or coors.shape[-1] != 3:
-            raise ValueError(f"coors must have shape (nodes, 3) in forward_packed, got {tuple(coors.shape)}")
         if graph_index is None:
             graph_index = torch.zeros(n_nodes, dtype=torch.long, device=coors.device)
-        if graph_index.shape != (n_nodes,):
-            raise ValueError(f"graph_index must have shape ({n_nodes},), got {tuple(graph_index.shape)}")
-        node_ids, b, n = padded_slots(graph_index)
-        size = b * n
-        mask = torch.zeros(size, dtype=torch.bool, device=coors.device).index_fill(0, node_ids, True).view(b, n)
-        padded_coors = coors.new_zeros(size, 3).index_copy(0, node_ids, coors).view(b, n, 3)
-        feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
-        padded = {}
-        for l, t in feats.items():
-            padded[l] = t.new_zeros(size, *t.shape[1:]).index_copy(0, node_ids, t).view(b, n, *t.shape[1:])
-        feats = self._input_features(padded if isinstance(inputs, dict) else padded[0], b, n)
-        x = self._pack_features(feats, node_ids, size)
+        num_graphs, positions, largest = graph_positions(graph_index)
+        check_features(self, inputs, (n_nodes,), "nodes", largest_graph=largest)
+        x = self._pack_features(self._embed_inputs(inputs, positions, node_dims=1), n_nodes)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
         pairs = None
         if needs_adjacency:
             if adjacency is None:
                 raise ValueError("adjacency (2, A) is required with attend_sparse_neighbors or num_adj_degrees_embed")
-            pairs = sparse_pairs(adjacency, node_ids, graph_index)
+            pairs = sparse_pairs(adjacency, graph_index)
         edge_lookup = None
         if edge_index is not None:
-            edge_lookup = sparse_edge_lookup(edge_index, edge_attr, node_ids, graph_index, size)
-        x = self._run(x, padded_coors, mask, node_ids, pairs, edge_lookup)
+            edge_lookup = sparse_edge_lookup(edge_index, edge_attr, graph_index)
+        graph = self._graph(coors, graph_index=graph_index, adjacency=pairs)
+        x = self._run(x, coors, graph, None, graph_index, num_graphs, edge_lookup)
         return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(x))})
 
     def _radial(self, scalars: Tensor) -> Tensor:
@@ -312,39 +310,47 @@ class Equiformer(nn.Module):
             return checkpoint(self.radial_trunk, scalars, use_reentrant=False)
         return self.radial_trunk(scalars)
 
-    def _pack_features(self, feats: dict[int, Tensor], node_ids: Tensor, size: int) -> Tensor:
-        """Padded per-degree inputs -> flat ``(N, F_in)`` features of the real nodes."""
-        parts = [feats[0].reshape(size, -1).index_select(0, node_ids)]  # (N, d0)
+    def _pack_features(self, feats: dict[int, Tensor], size: int, node_ids: Tensor | None = None) -> Tensor:
+        """Per-degree inputs over ``size`` node slots -> flat ``(N, F_in)`` features of the real
+        nodes (the slots ``node_ids``; all of them if None)."""
+        parts = [feats[0].reshape(size, feats[0].shape[-1])]  # (slots, d0)
         for l in range(1, self.input_degrees):
-            parts.append(feats[l].transpose(-1, -2).reshape(size, -1).index_select(0, node_ids))  # (N, (2l+1) d_l)
-        return torch.cat(parts, dim=-1)
+            t = feats[l].transpose(-1, -2)  # (..., 2l+1, d_l)
+            parts.append(t.reshape(size, t.shape[-2] * t.shape[-1]))  # (slots, (2l+1) d_l)
+        if node_ids is not None:
+            parts = [part.index_select(0, node_ids) for part in parts]  # (N, ...)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
-    def _run(self, x: Tensor, coors: Tensor, mask: Tensor, node_ids: Tensor, adjacency, edge_lookup) -> Tensor:
-        """The network on packed nodes; neighbour search on the padded coordinates."""
-        b, n, _ = coors.shape
-        graph = build_graph(
+    def _graph(self, coors: Tensor, **nodes) -> Graph:
+        """Edges by the model's settings; ``nodes``: ``mask=`` (padded ``coors``) or
+        ``graph_index=`` (packed), and ``adjacency=`` pairs in the same node ids."""
+        return build_graph(
             coors,
-            mask,
+            nodes.pop("mask", None),
             num_neighbors=self.num_neighbors,
             valid_radius=self.valid_radius,
-            adjacency=adjacency,
             max_hops=self.num_adj_degrees_embed,
             max_sparse_neighbors=self.max_sparse_neighbors,
             adjacency_edges=self.attend_sparse_neighbors,
+            **nodes,
         )
-        lookup = torch.full((b * n,), -1, dtype=torch.long, device=coors.device)
-        lookup[node_ids] = torch.arange(node_ids.numel(), device=coors.device)
-        pos = coors.reshape(b * n, 3).index_select(0, node_ids)
-        dst, src = lookup[graph.dst], lookup[graph.src]
+
+    def _run(
+        self, x: Tensor, pos: Tensor, graph: Graph, to_packed: Tensor | None, node_graph: Tensor, num_graphs: int, edge_lookup
+    ) -> Tensor:
+        """The network on packed nodes ``x`` ``(N, F_in)`` at ``pos`` ``(N, 3)``; ``graph``'s node
+        ids map to packed ones through ``to_packed`` (None: they are packed already), while
+        ``edge_lookup`` takes them as they are."""
+        dst, src = (graph.dst, graph.src) if to_packed is None else (to_packed[graph.dst], to_packed[graph.src])
         vec, dist = edge_vectors(pos, dst, src)
         weight = torch.where(graph.by_distance, polynomial_envelope(dist, self.valid_radius), torch.ones_like(dist))
         geometry = EdgeGeometry.build(
             vec,
             dst,
             src,
-            num_nodes=node_ids.numel(),
-            node_graph=node_ids // n,
-            num_graphs=b,
+            num_nodes=pos.shape[0],
+            node_graph=node_graph,
+            num_graphs=num_graphs,
             weight=weight,
             edge_attr=self._radial(self._edge_scalars(dist, graph, edge_lookup)),
             lmax=self.num_degrees - 1,

@@ -1,10 +1,5 @@
-"""Between packed graphs (nodes concatenated, with a graph index) and padded batches.
-
-The network itself always runs on packed nodes; the padded layout serves the neighbour search
-and the input checks and embeddings that ``forward_packed`` shares with ``forward``.  These
-helpers give every packed node a slot ``b * n_max + position`` in that layout and translate
-sparse pair lists into it.
-"""
+"""Packed graphs (nodes concatenated, with a graph index): positions within graphs and the
+sparse pair lists of ``forward_packed``, all in packed node ids (nothing padded)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -12,23 +7,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .graph import lookup_pairs, pair_key
+from .graph import lookup_pairs, pair_key, positions_in_graphs
 
 
-def padded_slots(graph_index: Tensor) -> tuple[Tensor, int, int]:
-    """``(slot of every node, number of graphs, largest graph size)``; order within a graph kept."""
+def graph_positions(graph_index: Tensor) -> tuple[int, Tensor, int]:
+    """``(number of graphs, position of every node within its graph (N,), largest graph size)``;
+    positions follow the node order within each graph."""
     if graph_index.numel() == 0:
-        return graph_index.new_zeros(0), 1, 1
-    if graph_index.dtype.is_floating_point or graph_index.min() < 0:
-        raise ValueError("graph_index must hold non-negative integer graph ids")
-    num_graphs = int(graph_index.max()) + 1
-    counts = torch.bincount(graph_index, minlength=num_graphs)
-    order = torch.argsort(graph_index, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.empty_like(graph_index)
-    position[order] = torch.arange(graph_index.numel(), device=graph_index.device) - starts[graph_index[order]]
-    max_nodes = int(counts.max())
-    return graph_index * max_nodes + position, num_graphs, max_nodes
+        return 1, graph_index.new_zeros(0), 0
+    counts, position = positions_in_graphs(graph_index)
+    return counts.numel(), position, int(counts.max())
 
 
 def _check_pairs(pairs: Tensor, graph_index: Tensor, name: str) -> None:
@@ -40,20 +28,19 @@ def _check_pairs(pairs: Tensor, graph_index: Tensor, name: str) -> None:
         raise ValueError(f"{name} links nodes of different graphs")
 
 
-def sparse_pairs(pairs: Tensor, slots: Tensor, graph_index: Tensor) -> tuple[Tensor, Tensor]:
-    """Node pairs ``(2, P)`` -> padded-slot ``(dst, src)``, self pairs dropped."""
+def sparse_pairs(pairs: Tensor, graph_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Node pairs ``(2, P)`` -> ``(dst, src)``, self pairs dropped."""
     _check_pairs(pairs, graph_index, "adjacency")
     keep = pairs[0] != pairs[1]
-    return slots[pairs[0][keep]], slots[pairs[1][keep]]
+    return pairs[0][keep], pairs[1][keep]
 
 
-def sparse_edge_lookup(
-    pairs: Tensor, values: Tensor | None, slots: Tensor, graph_index: Tensor, size: int
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """A function giving the value of any (dst, src) slot pair: the listed value, else 0."""
+def sparse_edge_lookup(pairs: Tensor, values: Tensor | None, graph_index: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function giving the value of any (dst, src) node pair: the listed value, else 0."""
     _check_pairs(pairs, graph_index, "edge_index")
     if values is None or values.shape[0] != pairs.shape[1]:
         raise ValueError(f"edge_attr must have one row per edge_index pair ({pairs.shape[1]})")
-    keys, order = torch.sort(pair_key(slots[pairs[0]], slots[pairs[1]], size))
+    size = graph_index.numel()
+    keys, order = torch.sort(pair_key(pairs[0], pairs[1], size))
     values = values[order]
     return lambda dst, src: lookup_pairs(keys, values, dst, src, size)

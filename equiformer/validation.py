@@ -181,9 +181,11 @@ def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: 
             raise ValueError(f"{name} must be ids in [0, {size_name}={size}), got values in [{low}, {high}]")
 
 
-def check_features(model, inputs: Any, b: int, n: int) -> None:
-    """``inputs`` of ``forward``: token ids ``(b, n)``, features ``(b, n, d0)`` (or ``(b, n, d0, 1)``),
-    or ``{l: (b, n, d_l, 2l + 1)}`` for every input degree (degree 0 as token ids with num_tokens)."""
+def check_features(model, inputs: Any, nodes: tuple[int, ...], names: str, largest_graph: int) -> None:
+    """``inputs`` of ``forward`` (``nodes = (b, n)``, ``names = "batch, nodes"``) or of
+    ``forward_packed`` (``(N,)``, ``"nodes"``): token ids ``nodes``, features ``(*nodes, d0)`` (or
+    ``(*nodes, d0, 1)``), or ``{l: (*nodes, d_l, 2l + 1)}`` for every input degree (degree 0 as
+    token ids with num_tokens).  ``largest_graph``: nodes of the largest graph (num_positions)."""
     ref = _model_reference(model)
     if isinstance(inputs, Mapping):
         keys = list(inputs)
@@ -212,41 +214,64 @@ def check_features(model, inputs: Any, b: int, n: int) -> None:
     if model.num_tokens:
         _check_placement(name0, x0, ref, floating=False)
         _check_ids(name0, x0, "num_tokens", model.num_tokens, model.check_inputs)
-        if _shape(x0) != (b, n):
-            raise ValueError(f"{name0} must be token ids of shape (batch, nodes) = {(b, n)} like coors, got {_shape(x0)}")
+        if _shape(x0) != nodes:
+            raise ValueError(f"{name0} must be token ids of shape ({names}) = {nodes} like coors, got {_shape(x0)}")
     else:
         if not x0.is_floating_point():
             raise TypeError(
                 f"{name0} has integer dtype {x0.dtype}: token ids need num_tokens in the constructor; "
-                f"this model takes float features of shape (batch, nodes, dim_in[0]) = {(b, n, model.dim_in[0])}"
+                f"this model takes float features of shape ({names}, dim_in[0]) = {(*nodes, model.dim_in[0])}"
             )
         d0 = model.dim_in[0]
-        if _shape(x0) not in ((b, n, d0), (b, n, d0, 1)):
+        if _shape(x0) not in ((*nodes, d0), (*nodes, d0, 1)):
             raise ValueError(
-                f"{name0} must have shape (batch, nodes, dim_in[0]) = {(b, n, d0)} (batch and nodes as in coors), got {_shape(x0)}"
+                f"{name0} must have shape ({names}, dim_in[0]) = {(*nodes, d0)} (nodes as in coors), got {_shape(x0)}"
             )
         _check_placement(name0, x0, ref, floating=True)
     for l in range(1, model.input_degrees):
         t = feats[l]
-        expected = (b, n, model.dim_in[l], 2 * l + 1)
+        expected = (*nodes, model.dim_in[l], 2 * l + 1)
         _check_floating(f"inputs[{l}]", t, f"degree-{l} features")
         if _shape(t) != expected:
             raise ValueError(
-                f"inputs[{l}] must have shape (batch, nodes, dim_in[{l}], 2l+1) = {expected}, got {_shape(t)}"
+                f"inputs[{l}] must have shape ({names}, dim_in[{l}], 2l+1) = {expected}, got {_shape(t)}"
             )
         _check_placement(f"inputs[{l}]", t, ref, floating=True)
-    if model.num_positions and n > model.num_positions:
-        raise ValueError(f"inputs have {n} nodes but num_positions={model.num_positions} positions are embedded")
+    if model.num_positions and largest_graph > model.num_positions:
+        raise ValueError(f"a graph has {largest_graph} nodes but num_positions={model.num_positions} positions are embedded")
+
+
+def _check_coors(coors: Any, ref: Tensor | None, ndim: int, shape: str) -> Tensor:
+    """Floating ``coors`` with ``ndim`` dimensions, the last of size 3 (``shape``: for messages)."""
+    coors = _check_tensor("coors", coors)
+    _check_floating("coors", coors, "Cartesian positions")
+    if coors.ndim != ndim or coors.shape[-1] != 3:
+        raise ValueError(f"coors must have shape {shape}, got {_shape(coors)}")
+    _check_placement("coors", coors, ref, floating=True)
+    return coors
+
+
+def check_packed(model, coors: Any, graph_index: Any) -> None:
+    """``coors`` ``(N, 3)`` and ``graph_index`` ``(N,)`` non-negative integer graph ids, or None."""
+    ref = _model_reference(model)
+    coors = _check_coors(coors, ref, 2, "(nodes, 3) in forward_packed")
+    if graph_index is not None:
+        graph_index = _check_tensor("graph_index", graph_index)
+        if graph_index.dtype.is_floating_point or graph_index.dtype == torch.bool or graph_index.is_complex():
+            raise TypeError(f"graph_index must hold integer graph ids, got dtype {graph_index.dtype}")
+        if _shape(graph_index) != (coors.shape[0],):
+            raise ValueError(f"graph_index must have shape (nodes,) = {(coors.shape[0],)} like coors, got {_shape(graph_index)}")
+        _check_placement("graph_index", graph_index, ref, floating=False)
+        if graph_index.numel() and int(graph_index.min()) < 0:
+            raise ValueError("graph_index must hold non-negative integer graph ids")
+    if model.check_inputs and not bool(torch.isfinite(coors).all()):
+        raise ValueError("coors must be finite at every node, got NaN or inf (check_inputs=False skips this check)")
 
 
 def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> None:
     """Everything ``forward`` takes except ``inputs`` (see ``check_features``)."""
     ref = _model_reference(model)
-    coors = _check_tensor("coors", coors)
-    _check_floating("coors", coors, "Cartesian positions")
-    if coors.ndim != 3 or coors.shape[-1] != 3:
-        raise ValueError(f"coors must have shape (batch, nodes, 3), got {_shape(coors)}")
-    _check_placement("coors", coors, ref, floating=True)
+    coors = _check_coors(coors, ref, 3, "(batch, nodes, 3)")
     b, n, _ = coors.shape
 
     if mask is not None:

@@ -27,7 +27,7 @@ CASES = [
     ("ab_compare.py", ["--ops"], rf"^denoise-quick bwd: median A {NUMBER} ms B {NUMBER} ms A/B {NUMBER}"),
     ("rotation_products.py", [], rf"^ +17 +4 +{NUMBER} +{NUMBER} +{NUMBER}  (direct|transposed)$"),
     ("op_profile.py", [], rf"^denoise-quick forward: untimed step {NUMBER} ms; \d+ operations"),
-    ("mixed_sizes.py", ON_CPU, rf"^ +search +{NUMBER} +{NUMBER} +{NUMBER}x$"),
+    ("mixed_sizes.py", ON_CPU, rf"^ +forward_packed +{NUMBER} +forward +{NUMBER} +{NUMBER}x$"),
 ]
 
 

@@ -163,7 +163,7 @@ def test_size_grouped_search_equals_padded_search(monkeypatch):
         return padded_search(pos, *args)
 
     monkeypatch.setattr(graph_module, "_padded_knn_edges", recording)
-    assert graph_module.size_groups(mask) is not None
+    assert graph_module.size_groups(mask.sum(1), padded_width=320) is not None
     for k, radius, ex in [(4, INF, None), (6, 3.0, exclude), (INF, 2.5, None), (INF, INF, exclude)]:
         widths.clear()
         grouped = knn_edges(pos, mask, k, radius, ex)
@@ -188,10 +188,29 @@ def test_size_grouped_search_with_a_grid_sized_graph():
 def test_size_groups_only_when_padding_dominates():
     from equiformer.graph import size_groups
 
-    full = torch.ones(4, 50, dtype=torch.bool)
-    assert size_groups(full) is None  # equal sizes: one group, nothing to gain
-    assert size_groups(torch.zeros(3, 10, dtype=torch.bool)) is None  # no real nodes
-    skewed = full.clone()
-    skewed[1:, 5:] = False  # 50, 5, 5, 5 nodes
-    groups = size_groups(skewed)
+    assert size_groups(torch.tensor([50, 50, 50, 50]), padded_width=50) is None  # one group, nothing to gain
+    assert size_groups(torch.tensor([0, 0, 0]), padded_width=10) is None  # no real nodes
+    groups = size_groups(torch.tensor([50, 5, 5, 5]), padded_width=50)
     assert [g.tolist() for g in groups] == [[1, 2, 3], [0]]
+    assert [g.tolist() for g in size_groups(torch.tensor([3, 0, 4, 1]))] == [[3], [0, 2]]  # always, without a padded width
+
+
+def test_packed_search_equals_padded_search_in_any_node_order():
+    from equiformer.graph import packed_knn_edges
+
+    g = torch.Generator().manual_seed(9)
+    pos, mask = _skewed_batch([90, 1, 4, 0, 13, 6, 6], 90, g)
+    flat = (torch.arange(mask.shape[0])[:, None] * 90 + torch.arange(90))[mask]  # padded-flat id of each real node
+    order = torch.randperm(flat.numel(), generator=g)  # packed nodes interleave the graphs
+    flat = flat[order]
+    packed_pos, graph_index = pos.reshape(-1, 3)[flat], flat // 90
+    exclude_packed = (torch.arange(0, 40), torch.arange(1, 41))
+    same = graph_index[exclude_packed[0]] == graph_index[exclude_packed[1]]
+    exclude_packed = (exclude_packed[0][same], exclude_packed[1][same])
+    for k, radius, use_exclude in [(5, INF, False), (3, 2.0, True), (INF, 3.0, True)]:
+        ex = exclude_packed if use_exclude else None
+        dst, src = packed_knn_edges(packed_pos, graph_index, k, radius, ex)
+        ex_flat = (flat[ex[0]], flat[ex[1]]) if use_exclude else None
+        reference = knn_edges(pos, mask, k, radius, ex_flat, by_size=False)
+        assert set(zip(flat[dst].tolist(), flat[src].tolist())) == set(zip(*map(torch.Tensor.tolist, reference)))
+        assert dst.numel() > 0

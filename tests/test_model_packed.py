@@ -107,3 +107,14 @@ def test_graphs_of_very_different_sizes_packed_equal_each_graph_alone():
         own = (adjacency[0] >= start) & (adjacency[0] < start + size)
         alone = model.forward_packed(feats[start : start + size], coors[start : start + size], adjacency=adjacency[:, own] - start)
         assert (alone.type1 - packed.type1[start : start + size]).abs().max() <= 1e-12
+
+
+def test_packed_call_without_nodes_returns_empty_outputs():
+    model = make_model(input_degrees=2, dim_in=(5, 3))
+    empty = torch.zeros(0, dtype=torch.long)
+    out = model.forward_packed(
+        {0: torch.zeros(0, 5, dtype=torch.float64), 1: torch.zeros(0, 3, 3, dtype=torch.float64)},
+        torch.zeros(0, 3, dtype=torch.float64),
+        empty,
+    )
+    assert out.type0.shape == (0, model.dim[0]) and out.type1.shape == (0, model.dim[1], 3)

@@ -141,6 +141,59 @@ def test_bad_forward_input_is_refused(case):
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
+def good_packed_arguments(kind: str) -> dict:
+    """``good_arguments`` as ``forward_packed`` takes them: B graphs of N nodes, concatenated."""
+    args = good_arguments(kind)
+    flat = {"coors": args["coors"].reshape(B * N, 3), "graph_index": torch.arange(B).repeat_interleave(N)}
+    inputs = args["inputs"]
+    flat["inputs"] = {l: t.reshape(B * N, *t.shape[2:]) for l, t in inputs.items()} if isinstance(inputs, dict) else inputs.reshape(B * N, *inputs.shape[2:])
+    if kind == "tokens":
+        chain = torch.stack([torch.arange(B * N - 1), torch.arange(1, B * N)])
+        flat["adjacency"] = chain[:, (chain[0] // N) == (chain[1] // N)]
+    return flat
+
+
+PACKED_CASES = {
+    "coors_padded_shape": ("features", _set("coors", lambda a: a["coors"][None]), ValueError, ["coors", "(nodes, 3)", "(1, 12, 3)"]),
+    "coors_float32": ("features", _set("coors", lambda a: a["coors"].float()), TypeError, ["coors", "float32", "float64"]),
+    "coors_nan": ("features", _set("coors", lambda a: a["coors"].index_fill(0, torch.tensor([3]), math.nan)), ValueError, ["coors", "finite"]),
+    "graph_index_float": ("features", _set("graph_index", lambda a: a["graph_index"].double()), TypeError, ["graph_index", "integer", "float64"]),
+    "graph_index_short": ("features", _set("graph_index", lambda a: a["graph_index"][:-1]), ValueError, ["graph_index", "(12,)", "(11,)"]),
+    "graph_index_negative": ("features", _set("graph_index", lambda a: a["graph_index"] - 1), ValueError, ["graph_index", "non-negative"]),
+    "features_rows": ("features", _set("inputs", lambda a: a["inputs"][:-1]), ValueError, ["inputs", "(nodes, dim_in[0])", "(12, 3)", "(11, 3)"]),
+    "degree_rows": ("degrees", _set_degree(1, lambda a: a["inputs"][1][:-2]), ValueError, ["inputs[1]", "(nodes, dim_in[1], 2l+1)", "(12, 2, 3)"]),
+    "tokens_batched": ("tokens", _set("inputs", lambda a: a["inputs"][None]), ValueError, ["inputs", "token ids of shape (nodes)", "(12,)"]),
+    "graph_beyond_num_positions": (
+        "tokens", lambda a: a.update(graph_index=torch.zeros(B * N, dtype=torch.long), adjacency=a["adjacency"]),
+        ValueError, ["num_positions=8", "12 nodes"],
+    ),
+    "adjacency_across_graphs": ("tokens", _set("adjacency", torch.tensor([[0], [N]])), ValueError, ["adjacency", "different graphs"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_good_packed_arguments_are_accepted(kind):
+    if kind in ("tokens", "edge_features"):  # edges go in as edge_index / edge_attr: see test_model_packed
+        build_kind = dict(edge_dim=0, num_edge_tokens=None)
+    else:
+        build_kind = {}
+    out = build(kind, **build_kind).forward_packed(**good_packed_arguments(kind))
+    assert torch.isfinite(out.type0).all() and out.type0.shape[0] == B * N
+
+
+@pytest.mark.parametrize("case", sorted(PACKED_CASES))
+def test_bad_packed_input_is_refused(case):
+    kind, spoil, error, fragments = PACKED_CASES[case]
+    model = build(kind, edge_dim=0, num_edge_tokens=None) if kind == "tokens" else build(kind)
+    args = good_packed_arguments(kind)
+    spoil(args)
+    with pytest.raises(error) as info:
+        model.forward_packed(**args)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
 def test_value_checks_can_be_switched_off():
     """``check_inputs=False`` skips the checks that read values (a host sync on GPUs); the
     metadata checks stay."""
