@@ -12,15 +12,20 @@ import ctypes
 import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-_MMAP_THRESHOLD_MAX = 32 << 20  # the largest glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
+# largest first: glibc 2.36 (checked here) accepts any int; older versions refuse more than
+# HEAP_MAX_SIZE / 2 (32 MiB on 64-bit), so that is the fallback
+_MMAP_THRESHOLDS = (2**31 - 1, 32 << 20)
 _TRIM_THRESHOLD = 2_000_000_000  # fits a C int; in effect "never trim"
 
 
 def keep_freed_memory() -> bool:
-    """Serve blocks up to 32 MiB from the heap and never trim it (Linux with glibc only).
+    """Serve blocks up to 2 GiB (32 MiB where glibc refuses more) from the heap and never trim
+    it (Linux with glibc only).
 
     ``python benchmarks/ab_compare.py --a . --b . --b-keep-freed-memory --configs denoise-384``
-    (2 CPU cores, forward+backward): median 322.9 -> 306.8 ms.  Both settings are needed: glibc
+    (2 CPU cores, forward+backward): median 322.9 -> 306.8 ms; at 12,288 nodes (``--nodes
+    12288``, edge tensors of ~90 MB) the 2 GiB threshold took 8.4 s per step where 32 MiB took
+    12.6 s (benchmarks/RESULTS.md).  Both settings are needed: glibc
     documents that setting any threshold turns off its dynamic mmap threshold, so a trim threshold
     alone would leave every block above 128 KiB mapped and unmapped on each step.  Returns
     whether the settings are in force.
@@ -33,4 +38,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mmap threshold first: if it is refused, leave the trim threshold alone (see above)
-    return mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    if not any(mallopt(_M_MMAP_THRESHOLD, value) == 1 for value in _MMAP_THRESHOLDS):
+        return False
+    return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
