@@ -33,14 +33,16 @@ def main() -> None:
     print(f"edges={args.edges} dtype={args.dtype}")
     # the edge-to-axis rotation does not depend on L: timed once
     print(f"edge-to-axis rotation {time_fn(lambda: edge_to_axis_rotation(vec), device) * 1e3:.2f} ms")
-    print(f"{'L':>2} {'SH ms':>9} {'Wigner blocks ms':>17} {'block-diag ms':>14} {'SH+grad ms':>11}")
+    print(f"{'L':>2} {'SH ms':>9} {'Wigner blocks ms':>17} {'block-diag ms':>14} {'SH+grad ms':>11} {'Wigner+grad ms':>15}")
     for lmax in range(1, args.lmax + 1):
         sh = time_fn(lambda: spherical_harmonics(lmax, vec), device)
         wb = time_fn(lambda: wigner_D(lmax, rot), device)
         bd = time_fn(lambda: wigner_D_block_diagonal(lmax, rot), device)
         v = vec.clone().requires_grad_()
         shg = time_fn(lambda: spherical_harmonics(lmax, v).sum().backward(), device)
-        print(f"{lmax:>2} {sh * 1e3:>9.2f} {wb * 1e3:>17.2f} {bd * 1e3:>14.2f} {shg * 1e3:>11.2f}")
+        # forces: the blocks differentiated through the edge rotation back to the edge vectors
+        wg = time_fn(lambda: sum(d.sum() for d in wigner_D(lmax, edge_to_axis_rotation(v))).backward(), device)
+        print(f"{lmax:>2} {sh * 1e3:>9.2f} {wb * 1e3:>17.2f} {bd * 1e3:>14.2f} {shg * 1e3:>11.2f} {wg * 1e3:>15.2f}")
 
 
 if __name__ == "__main__":
