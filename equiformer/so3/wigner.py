@@ -26,9 +26,8 @@ def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return c.reshape((2 * l - 1) * 3, 2 * l + 1).to(dtype=dtype, device=device)
 
 
-# edges per chunk: a chunk's intermediates (3 (2l-1)(2l+1) floats per edge) stay in cache;
-# benchmarks/so3_speed.py (10^5 edges, 2 cores): with the layout below, chunks of 4,096 took
-# 48 ms at L = 3 and 373 ms at L = 6, against 158 and 937 ms for the unchunked batched products
+# edges per chunk, so that a chunk's intermediates (3 (2l-1)(2l+1) floats per edge, 1.8 MB at
+# l = 6) stay in cache; the speed-up is in benchmarks/RESULTS.md (so3_speed.py)
 _EDGE_CHUNK = 4096
 
 
