@@ -26,8 +26,8 @@ def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return c.reshape((2 * l - 1) * 3, 2 * l + 1).to(dtype=dtype, device=device)
 
 
-# edges per chunk, so that a chunk's intermediates (3 (2l-1)(2l+1) floats per edge, 1.8 MB at
-# l = 6) stay in cache; the speed-up is in benchmarks/RESULTS.md (so3_speed.py)
+# edges per chunk, so that a chunk's intermediates (3 (2l-1)(2l+1) floats per edge: 7 MB per
+# chunk at l = 6) stay in the last-level cache; the speed-up is in benchmarks/RESULTS.md
 _EDGE_CHUNK = 4096
 
 
