@@ -42,7 +42,7 @@ def wigner_D(lmax: int, rotation: Tensor) -> list[Tensor]:
         raise ValueError(f"rotation must have shape (..., 3, 3), got {tuple(rotation.shape)}")
     batch = rotation.shape[:-2]
     r = rotation.reshape(-1, 3, 3)  # (B, 3, 3)
-    if lmax < 2 or r.shape[0] <= _EDGE_CHUNK:
+    if lmax < 2 or r.shape[0] <= _EDGE_CHUNK or r.device.type != "cpu":  # chunks: a CPU cache matter
         blocks = _wigner_chunk(lmax, r)
     else:
         chunks = [_wigner_chunk(lmax, r[i : i + _EDGE_CHUNK]) for i in range(0, r.shape[0], _EDGE_CHUNK)]

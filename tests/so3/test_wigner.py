@@ -2,7 +2,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from equiformer.so3 import block_diagonal, degree_slice, spherical_harmonics, wigner_D, wigner_D_block_diagonal
+from equiformer.so3 import block_diagonal, degree_slice, edge_to_axis_rotation, spherical_harmonics, wigner_D, wigner_D_block_diagonal
 from equiformer.testing import random_rotation
 
 LMAX = 10
@@ -79,3 +79,22 @@ def test_batch_shape_and_dtype_follow_input():
 def test_rejects_bad_shapes():
     with pytest.raises(ValueError, match="rotation"):
         wigner_D(2, torch.randn(4, 3))
+
+
+def test_edge_chunks_give_the_unchunked_blocks():
+    """More rotations than one CPU chunk: the chunked blocks equal one pass over all of them,
+    batch shape and gradients included."""
+    from equiformer.so3.wigner import _EDGE_CHUNK, _wigner_chunk
+
+    g = torch.Generator().manual_seed(3)
+    count = 2 * _EDGE_CHUNK + 7
+    r = edge_to_axis_rotation(torch.randn(count, 3, dtype=torch.float64, generator=g)).requires_grad_()
+    chunked = wigner_D(4, r.view(1, count, 3, 3))
+    whole = _wigner_chunk(4, r)
+    for l, (a, b) in enumerate(zip(chunked, whole)):
+        assert a.shape == (1, count, 2 * l + 1, 2 * l + 1)
+        assert (a[0] - b).abs().max() <= 1e-12
+    weights = [torch.randn(b.shape, dtype=torch.float64, generator=g) for b in whole]
+    (grad_chunked,) = torch.autograd.grad(sum((a[0] * w).sum() for a, w in zip(chunked, weights)), r)
+    (grad_whole,) = torch.autograd.grad(sum((b * w).sum() for b, w in zip(whole, weights)), r)
+    assert (grad_chunked - grad_whole).abs().max() <= 1e-12
