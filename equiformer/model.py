@@ -24,7 +24,7 @@ from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 from .packing import graph_positions, sparse_edge_lookup, sparse_pairs
-from .validation import check_config, check_features, check_forward, check_packed
+from .validation import check_config, check_features, check_forward, check_packed, check_packed_edges
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -297,6 +297,7 @@ class Equiformer(nn.Module):
             if adjacency is None:
                 raise ValueError("adjacency (2, A) is required with attend_sparse_neighbors or num_adj_degrees_embed")
             pairs = sparse_pairs(adjacency, graph_index)
+        check_packed_edges(self, edge_index, edge_attr)
         edge_lookup = None
         if edge_index is not None:
             edge_lookup = sparse_edge_lookup(edge_index, edge_attr, graph_index)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .graph import lookup_pairs, pair_key, positions_in_graphs
+from .validation import check_pair_list
 
 
 def graph_positions(graph_index: Tensor) -> tuple[int, Tensor, int]:
@@ -20,8 +21,7 @@ def graph_positions(graph_index: Tensor) -> tuple[int, Tensor, int]:
 
 
 def _check_pairs(pairs: Tensor, graph_index: Tensor, name: str) -> None:
-    if pairs.ndim != 2 or pairs.shape[0] != 2:
-        raise ValueError(f"{name} must have shape (2, P), got {tuple(pairs.shape)}")
+    check_pair_list(name, pairs)
     if pairs.numel() and (pairs.min() < 0 or pairs.max() >= graph_index.numel()):
         raise ValueError(f"{name} refers to nodes outside 0..{graph_index.numel() - 1}")
     if pairs.numel() and (graph_index[pairs[0]] != graph_index[pairs[1]]).any():

@@ -268,6 +268,48 @@ def check_packed(model, coors: Any, graph_index: Any) -> None:
         raise ValueError("coors must be finite at every node, got NaN or inf (check_inputs=False skips this check)")
 
 
+def check_pair_list(name: str, pairs: Any) -> Tensor:
+    """An integer ``(2, P)`` tensor of node pairs (``forward_packed``'s sparse inputs)."""
+    pairs = _check_tensor(name, pairs)
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer node ids, got dtype {pairs.dtype}")
+    if pairs.ndim != 2 or pairs.shape[0] != 2:
+        raise ValueError(f"{name} must have shape (2, P), got {_shape(pairs)}")
+    return pairs
+
+
+def check_packed_edges(model, edge_index: Any, edge_attr: Any) -> None:
+    """``forward_packed``'s sparse edge inputs: ``edge_index`` ``(2, P)`` integer node pairs with
+    ``edge_attr`` ``(P,)`` edge-token ids (``num_edge_tokens``) or ``(P, edge_dim)`` features;
+    required exactly when the model has edge inputs (``edge_dim``)."""
+    if edge_index is None:
+        if model.edge_dim:
+            kind = "(P,) edge-token ids" if model.edge_emb is not None else f"(P, edge_dim={model.edge_dim}) features"
+            raise ValueError(f"edge_index (2, P) and edge_attr are required: this model has edge_dim={model.edge_dim}; edge_attr takes {kind}")
+        if edge_attr is not None:
+            raise ValueError("edge_attr was given without edge_index (2, P)")
+        return
+    if not model.edge_dim:
+        raise ValueError("edge_index was given but this model has no edge inputs: construct it with edge_dim (and num_edge_tokens for ids)")
+    ref = _model_reference(model)
+    edge_index = check_pair_list("edge_index", edge_index)
+    _check_placement("edge_index", edge_index, ref, floating=False)
+    pairs = edge_index.shape[1]
+    if edge_attr is None:
+        raise ValueError(f"edge_attr is required with edge_index: one row per pair ({pairs})")
+    edge_attr = _check_tensor("edge_attr", edge_attr)
+    if model.edge_emb is not None:
+        _check_ids("edge_attr", edge_attr, "num_edge_tokens", model.edge_emb.num_embeddings, model.check_inputs)
+        if _shape(edge_attr) != (pairs,):
+            raise ValueError(f"edge_attr must be edge-token ids of shape (P,) = {(pairs,)} like edge_index, got {_shape(edge_attr)}")
+        _check_placement("edge_attr", edge_attr, ref, floating=False)
+    else:
+        _check_floating("edge_attr", edge_attr, "edge features, or construct the model with num_edge_tokens for ids")
+        if _shape(edge_attr) != (pairs, model.edge_dim):
+            raise ValueError(f"edge_attr must have shape (P, edge_dim) = {(pairs, model.edge_dim)}, got {_shape(edge_attr)}")
+        _check_placement("edge_attr", edge_attr, ref, floating=True)
+
+
 def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> None:
     """Everything ``forward`` takes except ``inputs`` (see ``check_features``)."""
     ref = _model_reference(model)

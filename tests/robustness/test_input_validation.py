@@ -147,9 +147,13 @@ def good_packed_arguments(kind: str) -> dict:
     flat = {"coors": args["coors"].reshape(B * N, 3), "graph_index": torch.arange(B).repeat_interleave(N)}
     inputs = args["inputs"]
     flat["inputs"] = {l: t.reshape(B * N, *t.shape[2:]) for l, t in inputs.items()} if isinstance(inputs, dict) else inputs.reshape(B * N, *inputs.shape[2:])
+    chain = torch.stack([torch.arange(B * N - 1), torch.arange(1, B * N)])
+    chain = chain[:, (chain[0] // N) == (chain[1] // N)]  # bonds within each graph
     if kind == "tokens":
-        chain = torch.stack([torch.arange(B * N - 1), torch.arange(1, B * N)])
-        flat["adjacency"] = chain[:, (chain[0] // N) == (chain[1] // N)]
+        flat["adjacency"] = chain
+        flat["edge_index"], flat["edge_attr"] = chain, torch.randint(0, 3, (chain.shape[1],))
+    if kind == "edge_features":
+        flat["edge_index"], flat["edge_attr"] = chain, torch.randn(chain.shape[1], 2, dtype=torch.float64)
     return flat
 
 
@@ -168,23 +172,28 @@ PACKED_CASES = {
         ValueError, ["num_positions=8", "12 nodes"],
     ),
     "adjacency_across_graphs": ("tokens", _set("adjacency", torch.tensor([[0], [N]])), ValueError, ["adjacency", "different graphs"]),
+    "adjacency_float": ("tokens", _set("adjacency", lambda a: a["adjacency"].double()), TypeError, ["adjacency", "integer", "float64"]),
+    "edges_missing": ("tokens", lambda a: (a.pop("edge_index"), a.pop("edge_attr")), ValueError, ["edge_index", "required", "edge_dim=2"]),
+    "edge_attr_missing": ("tokens", lambda a: a.pop("edge_attr"), ValueError, ["edge_attr", "required"]),
+    "edge_index_wrong_shape": ("tokens", _set("edge_index", lambda a: a["edge_index"].T), ValueError, ["edge_index", "(2, P)"]),
+    "edge_tokens_out_of_range": ("tokens", _set("edge_attr", lambda a: a["edge_attr"] + 3), ValueError, ["edge_attr", "num_edge_tokens=3"]),
+    "edge_tokens_as_floats": ("tokens", _set("edge_attr", lambda a: a["edge_attr"].double()), TypeError, ["edge_attr", "integer", "float64"]),
+    "edge_features_width": ("edge_features", _set("edge_attr", lambda a: a["edge_attr"][:, :1]), ValueError, ["edge_attr", "(P, edge_dim)", "(10, 2)", "(10, 1)"]),
+    "edge_features_float32": ("edge_features", _set("edge_attr", lambda a: a["edge_attr"].float()), TypeError, ["edge_attr", "float32"]),
+    "edges_without_edge_inputs": ("features", lambda a: a.update(edge_index=torch.tensor([[0], [1]]), edge_attr=torch.tensor([1])), ValueError, ["edge_index", "no edge inputs"]),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_good_packed_arguments_are_accepted(kind):
-    if kind in ("tokens", "edge_features"):  # edges go in as edge_index / edge_attr: see test_model_packed
-        build_kind = dict(edge_dim=0, num_edge_tokens=None)
-    else:
-        build_kind = {}
-    out = build(kind, **build_kind).forward_packed(**good_packed_arguments(kind))
+    out = build(kind).forward_packed(**good_packed_arguments(kind))
     assert torch.isfinite(out.type0).all() and out.type0.shape[0] == B * N
 
 
 @pytest.mark.parametrize("case", sorted(PACKED_CASES))
 def test_bad_packed_input_is_refused(case):
     kind, spoil, error, fragments = PACKED_CASES[case]
-    model = build(kind, edge_dim=0, num_edge_tokens=None) if kind == "tokens" else build(kind)
+    model = build(kind)
     args = good_packed_arguments(kind)
     spoil(args)
     with pytest.raises(error) as info:
