@@ -272,6 +272,7 @@ class Equiformer(nn.Module):
         adjacency: Tensor | None = None,
         edge_index: Tensor | None = None,
         edge_attr: Tensor | None = None,
+        return_pooled: bool = False,
     ) -> Return:
         """Many graphs of different sizes in one call, without padding.
 
@@ -281,8 +282,10 @@ class Equiformer(nn.Module):
         meaning "``j`` is a neighbour of ``i``" (the sparse ``adj_mat``).  ``edge_index`` /
         ``edge_attr``: the sparse ``edges`` argument: pairs ``(i, j)`` and their edge-token ids
         ``(P,)`` or features ``(P, edge_dim)``; pairs not listed get token 0 / zero features.
-        Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent.  Nothing is
-        padded: memory is linear in N whatever the mix of graph sizes.
+        Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent, or with
+        ``return_pooled`` the mean over each graph's nodes, ``(number of graphs, ...)`` (graph ids
+        without nodes get zeros).  Nothing is padded: memory is linear in N whatever the mix of
+        graph sizes.
         """
         check_packed(self, coors, graph_index)
         n_nodes = coors.shape[0]
@@ -303,6 +306,9 @@ class Equiformer(nn.Module):
             edge_lookup = sparse_edge_lookup(edge_index, edge_attr, graph_index)
         graph = self._graph(coors, graph_index=graph_index, adjacency=pairs)
         x = self._run(x, coors, graph, None, graph_index, num_graphs, edge_lookup)
+        if return_pooled:  # per-graph means of the flat outputs (N, F) -> (graphs, F)
+            counts = torch.bincount(graph_index, minlength=num_graphs).clamp(min=1).to(x.dtype)
+            x = x.new_zeros(num_graphs, x.shape[1]).index_add(0, graph_index, x) / counts[:, None]
         return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(x))})
 
     def _radial(self, scalars: Tensor) -> Tensor:

@@ -118,3 +118,25 @@ def test_packed_call_without_nodes_returns_empty_outputs():
         empty,
     )
     assert out.type0.shape == (0, model.dim[0]) and out.type1.shape == (0, model.dim[1], 3)
+
+
+def test_packed_pooled_outputs_equal_the_padded_ones():
+    """``return_pooled``: the mean over each graph's nodes, as ``forward(..., return_pooled=True)``
+    gives for the padded batch; a graph id without nodes gets zeros."""
+    model = make_model()
+    sizes, n_max = [7, 12, 3], 12
+    g = torch.Generator().manual_seed(6)
+    mask = torch.zeros(len(sizes), n_max, dtype=torch.bool)
+    for i, size in enumerate(sizes):
+        mask[i, :size] = True
+    feats = torch.randn(len(sizes), n_max, 5, dtype=torch.float64, generator=g)
+    coors = torch.randn(len(sizes), n_max, 3, dtype=torch.float64, generator=g)
+    padded = model(feats, coors, mask, return_pooled=True)
+    node_b, node_i = mask.nonzero(as_tuple=True)
+    graph_index = node_b.clone()
+    graph_index[graph_index == 2] = 3  # graph id 2 left without nodes
+    packed = model.forward_packed(feats[node_b, node_i], coors[node_b, node_i], graph_index, return_pooled=True)
+    assert packed.type0.shape == (4, model.dim[0]) and packed.type1.shape == (4, model.dim[1], 3)
+    for a, p in [(padded.type0, packed.type0), (padded.type1, packed.type1)]:
+        assert (a[:2] - p[:2]).abs().max() <= 1e-12 and (a[2] - p[3]).abs().max() <= 1e-12
+        assert p[2].abs().max() == 0
