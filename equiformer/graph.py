@@ -2,7 +2,9 @@
 
 Everything here returns edge lists (``dst`` receives from ``src``); no ``n x n`` feature tensor is
 ever made.  The nearest-neighbour search works on row chunks, so its memory is
-O(chunk * n) rather than O(n^2); adjacency is turned into an edge list once and stays sparse.
+O(chunk * n) rather than O(n^2), and on groups of graphs of similar size, so a batch is never
+searched as if every graph were as large as the largest; adjacency is turned into an edge list
+once and stays sparse.
 Selection is discrete and carries no gradient: distances are recomputed with autograd later.
 """
 from __future__ import annotations
