@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from ..so3 import block_diagonal, edge_to_axis_rotation, spherical_harmonics, wigner_D
+from ..so3 import block_diagonal, edge_to_axis_rotation, permuted_block_diagonal, spherical_harmonics, wigner_D
 from .fiber import Fiber, edge_order_major, layout
 from .scatter import segment_sum
 
@@ -139,16 +139,18 @@ class EdgeGeometry:
         cached = self._blocks.get(key)
         if cached is None or cached.shape[-1] - rows < scalar_rows:
             blocks = self.wigner[start:stop]
-            if scalar_rows:
-                eye = torch.eye(scalar_rows, dtype=blocks[0].dtype, device=blocks[0].device)
-                blocks = [eye.expand(blocks[0].shape[0], scalar_rows, scalar_rows), *blocks]
-            d = blocks[0] if len(blocks) == 1 else block_diagonal(blocks)
-            if row_order is not None:
-                order = row_order.to(d.device)
-                if scalar_rows:
-                    order = torch.cat([torch.arange(scalar_rows, device=d.device), order + scalar_rows])
-                d = d.index_select(1, order)
-            self._blocks[key] = cached = d
+            edges = blocks[0].shape[0]
+            if len(blocks) == 1 and not scalar_rows and row_order is None:
+                self._blocks[key] = blocks[0]  # the Wigner block itself, no copy
+                return blocks[0]
+            if scalar_rows:  # identity rows as 1 x 1 blocks of ones
+                blocks = [blocks[0].new_ones(edges, 1, 1)] * scalar_rows + list(blocks)
+            if row_order is None:
+                cached = block_diagonal(blocks)
+            else:  # the rows after the identity ones permuted, in the same pass
+                order = torch.cat([torch.arange(scalar_rows), row_order.cpu() + scalar_rows])
+                cached = permuted_block_diagonal(blocks, order)
+            self._blocks[key] = cached
         skip = cached.shape[-1] - rows - scalar_rows
         return cached[:, skip:, skip:] if skip else cached
 

@@ -79,6 +79,24 @@ def _wigner_chunk(lmax: int, r: Tensor) -> list[Tensor]:
     return blocks
 
 
+_BLOCK_INDEX: dict[tuple[int, ...], Tensor] = {}
+
+
+def block_diagonal_index(sizes: tuple[int, ...]) -> Tensor:
+    """Where each entry of the block-diagonal matrix of square blocks of ``sizes`` comes from in
+    ``[block_0.flatten(), block_1.flatten(), ..., 0]``: an ``(R, R)`` index (CPU), memoised in a
+    plain dict (``torch.compile`` traces through it, unlike ``functools.lru_cache``)."""
+    if sizes not in _BLOCK_INDEX:
+        entries = sum(n * n for n in sizes)
+        index = torch.full((sum(sizes), sum(sizes)), entries, dtype=torch.long)  # the 0 entry
+        first = column = 0
+        for n in sizes:
+            index[first : first + n, first : first + n] = column + torch.arange(n * n).view(n, n)
+            first, column = first + n, column + n * n
+        _BLOCK_INDEX[sizes] = index
+    return _BLOCK_INDEX[sizes]
+
+
 def block_diagonal(blocks: list[Tensor]) -> Tensor:
     """Assemble per-degree blocks ``(..., 2l+1, 2l+1)`` into one ``(..., (L+1)^2, (L+1)^2)`` matrix."""
     size = sum(b.shape[-1] for b in blocks)
@@ -90,6 +108,16 @@ def block_diagonal(blocks: list[Tensor]) -> Tensor:
         out[..., start:end, start:end] = b
         start = end
     return out
+
+
+def permuted_block_diagonal(blocks: list[Tensor], row_order: Tensor) -> Tensor:
+    """``block_diagonal(blocks)[..., row_order, :]`` as one gather from all block entries and a
+    zero, without the intermediate matrix (its zero fill, block copies and row gather)."""
+    batch = blocks[0].shape[:-2]
+    flat = torch.cat([b.reshape(*batch, b.shape[-1] ** 2) for b in blocks] + [blocks[0].new_zeros(*batch, 1)], dim=-1)
+    index = block_diagonal_index(tuple(b.shape[-1] for b in blocks)).to(flat.device)  # (R, R)
+    index = index.index_select(0, row_order.to(flat.device))
+    return flat.index_select(-1, index.flatten()).view(*batch, *index.shape)
 
 
 def wigner_D_block_diagonal(lmax: int, rotation: Tensor) -> Tensor:

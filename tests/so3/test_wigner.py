@@ -98,3 +98,12 @@ def test_edge_chunks_give_the_unchunked_blocks():
     (grad_chunked,) = torch.autograd.grad(sum((a[0] * w).sum() for a, w in zip(chunked, weights)), r)
     (grad_whole,) = torch.autograd.grad(sum((b * w).sum() for b, w in zip(whole, weights)), r)
     assert (grad_chunked - grad_whole).abs().max() <= 1e-12
+
+
+def test_permuted_block_diagonal_is_one_gather_of_the_permuted_rows():
+    from equiformer.so3 import permuted_block_diagonal
+
+    blocks = wigner_D(3, _rotations(4, seed=5))
+    blocks = [torch.ones(4, 1, 1, dtype=torch.float64)] * 2 + blocks[1:]  # identity rows, as rotations use
+    order = torch.randperm(17, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(permuted_block_diagonal(blocks, order), block_diagonal(blocks)[:, order])
