@@ -71,7 +71,9 @@ def _regular_softmax(
     if weight is not None:  # the self or null key (last column) keeps factor 1
         factors = torch.cat([weight.to(work).view(num_nodes, k), numer.new_ones(num_nodes, 1)], dim=1)
         numer = numer * factors[..., None]
-    alpha = numer / numer.sum(dim=1, keepdim=True)
+    denom = numer.sum(dim=1, keepdim=True)  # (N, 1, H)
+    # 0 when the peak key has weight 0 and the others underflow: as the scatter path, alpha 0
+    alpha = numer / torch.where(denom > 0, denom, torch.ones_like(denom))
     edges, last = alpha.to(out_dtype).split([k, 1], dim=1)
     return edges.reshape(num_nodes * k, heads), (last[:, 0] if self_logits is not None else None)
 
