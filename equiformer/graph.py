@@ -147,7 +147,7 @@ def knn_edges(
     if groups is None:
         return _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
     ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
-    rank = (torch.cumsum(mask, dim=1) - 1).reshape(-1)[ids]  # position among its graph's real nodes
+    rank = positions_in_graphs(ids // n)[1]  # position among its graph's real nodes
     nodes = _Nodes(pos.detach().reshape(b * n, 3)[ids], ids // n, rank, ids, b * n)
     return _grouped_knn_edges(nodes, counts, groups, num_neighbors, valid_radius, exclude, chunk_elements)
 
@@ -163,8 +163,8 @@ def packed_knn_edges(
     """``knn_edges`` for packed nodes: ``pos`` ``(N, 3)``, ``graph_index`` ``(N,)``; node ids and
     ``exclude`` pairs are positions ``0..N-1``.  Graphs are searched in groups of similar size,
     so no search (and no tensor) is ever padded to the largest graph."""
-    empty = torch.zeros(0, dtype=torch.long, device=pos.device)
     if pos.shape[0] == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=pos.device)
         return empty, empty
     counts, rank = positions_in_graphs(graph_index)
     ids = torch.arange(pos.shape[0], device=pos.device)

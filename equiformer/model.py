@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .graph import INF, Graph, adjacency_pairs, build_graph
+from .graph import INF, Graph, adjacency_pairs, build_graph, positions_in_graphs
 from .nn.attention import L2DistanceAttention, MLPAttention
 from .nn.edge_geometry import EdgeGeometry, edge_vectors
 from .nn.feedforward import FeedForward
@@ -23,7 +23,8 @@ from .nn.linear import EquivariantLinear
 from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
-from .packing import graph_positions, sparse_edge_lookup, sparse_pairs
+from .nn.scatter import segment_sum
+from .packing import sparse_edge_lookup, sparse_pairs
 from .validation import check_config, check_features, check_forward, check_packed, check_packed_edges
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
@@ -291,8 +292,9 @@ class Equiformer(nn.Module):
         n_nodes = coors.shape[0]
         if graph_index is None:
             graph_index = torch.zeros(n_nodes, dtype=torch.long, device=coors.device)
-        num_graphs, positions, largest = graph_positions(graph_index)
-        check_features(self, inputs, (n_nodes,), "nodes", largest_graph=largest)
+        counts, positions = positions_in_graphs(graph_index)  # nodes per graph, position in it
+        num_graphs = max(counts.numel(), 1)
+        check_features(self, inputs, (n_nodes,), "nodes", largest_graph=int(counts.max()) if n_nodes else 0)
         x = self._pack_features(self._embed_inputs(inputs, positions, node_dims=1), n_nodes)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
         pairs = None
@@ -307,8 +309,8 @@ class Equiformer(nn.Module):
         graph = self._graph(coors, graph_index=graph_index, adjacency=pairs)
         x = self._run(x, coors, graph, None, graph_index, num_graphs, edge_lookup)
         if return_pooled:  # per-graph means of the flat outputs (N, F) -> (graphs, F)
-            counts = torch.bincount(graph_index, minlength=num_graphs).clamp(min=1).to(x.dtype)
-            x = x.new_zeros(num_graphs, x.shape[1]).index_add(0, graph_index, x) / counts[:, None]
+            sizes = counts.clamp(min=1) if counts.numel() else counts.new_ones(1)  # (graphs,)
+            x = segment_sum(x, graph_index, num_graphs) / sizes.to(x.dtype)[:, None]
         return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(x))})
 
     def _radial(self, scalars: Tensor) -> Tensor:

@@ -23,7 +23,8 @@ def keep_freed_memory() -> bool:
     it (Linux with glibc only).
 
     ``python benchmarks/ab_compare.py --a . --b . --b-keep-freed-memory --configs denoise-384``
-    (2 CPU cores, forward+backward): median 322.9 -> 306.8 ms; at 12,288 nodes (``--nodes
+    (2 CPU cores, forward+backward, with the earlier 32 MiB threshold, which covers every tensor
+    of that size): median 322.9 -> 306.8 ms; at 12,288 nodes (``--nodes
     12288``, edge tensors of ~90 MB) the 2 GiB threshold took 8.4 s per step where 32 MiB took
     12.6 s (benchmarks/RESULTS.md).  Both settings are needed: glibc
     documents that setting any threshold turns off its dynamic mmap threshold, so a trim threshold

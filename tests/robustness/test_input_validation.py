@@ -130,12 +130,17 @@ def test_good_arguments_are_accepted(kind):
 
 @pytest.mark.parametrize("case", sorted(FORWARD_CASES))
 def test_bad_forward_input_is_refused(case):
-    kind, spoil, error, fragments = FORWARD_CASES[case]
+    _assert_refused(FORWARD_CASES[case], good_arguments, lambda model: model)
+
+
+def _assert_refused(case, good, entry) -> None:
+    """Spoil one argument of ``good(kind)``; ``entry(model)`` must raise ``error`` naming it."""
+    kind, spoil, error, fragments = case
     model = build(kind)
-    args = good_arguments(kind)
+    args = good(kind)
     spoil(args)
     with pytest.raises(error) as info:
-        model(**args)
+        entry(model)(**args)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
@@ -192,15 +197,7 @@ def test_good_packed_arguments_are_accepted(kind):
 
 @pytest.mark.parametrize("case", sorted(PACKED_CASES))
 def test_bad_packed_input_is_refused(case):
-    kind, spoil, error, fragments = PACKED_CASES[case]
-    model = build(kind)
-    args = good_packed_arguments(kind)
-    spoil(args)
-    with pytest.raises(error) as info:
-        model.forward_packed(**args)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
+    _assert_refused(PACKED_CASES[case], good_packed_arguments, lambda model: model.forward_packed)
 
 
 def test_value_checks_can_be_switched_off():
