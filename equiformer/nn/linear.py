@@ -18,8 +18,8 @@ def _degreewise(x: Tensor, fiber_in: Fiber, weights: list[Tensor], bias: Tensor 
     parts = [torch.addmm(bias, scalars, weights[0]) if bias is not None else scalars @ weights[0]]
     for xl, w in zip(degrees[1:], weights[1:]):
         # one (N (2l+1), C_in) GEMM: under no_grad (the reversible forward, inference) ``xl @ w``
-        # on this strided view runs as a batched product with an expanded weight, measured up
-        # to 3.7x slower (N = 1,536, C = 8); the whole forward gains 1-3 % (ab_compare --mode fwd)
+        # on this strided view runs as a batched product with an expanded weight; the whole
+        # forward gained 1-3 % from this (ab_compare --mode fwd)
         rows = xl.shape[1]
         parts.append((xl.reshape(n * rows, xl.shape[2]) @ w).view(n, rows * w.shape[1]))  # (N, (2l+1) C_out)
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
