@@ -65,3 +65,23 @@ def test_without_reflection_flag_parity_is_not_guaranteed():
         assert_equivariant(
             lambda f0, x: (model(f0, x, mask).type1,), [feats[0], coors], [0, "coords"], [1], reflect=True
         )
+
+
+OPTION_SWITCHES = {
+    "ff-htype-norms": dict(ff_include_htype_norms=True),
+    "no-head-gates": dict(gate_attn_head_outputs=False),
+    "single-headed-kv": dict(single_headed_kv=True),
+    "no-self-attention": dict(attend_self=False),
+    "all-neighbours": dict(num_neighbors=float("inf"), valid_radius=1e5),
+    "edge-chunks": dict(edge_chunk_size=7),
+}
+
+
+@pytest.mark.parametrize("attention", ["mlp", "l2"])
+@pytest.mark.parametrize("switch", OPTION_SWITCHES.values(), ids=OPTION_SWITCHES.keys())
+def test_option_switches_keep_e3_equivariance(switch, attention):
+    """Switches the combinations above leave at their defaults, with mirrors included."""
+    model = make_model(l2_dist_attention=attention == "l2", reflection_equivariance=True, input_degrees=2, dim_in=(5, 3), **switch)
+    feats, coors, mask = make_inputs(model, n=16)
+    errors = assert_model_equivariant(model, feats, coors, mask, reflect=True, tolerance=1e-10)
+    assert max(errors) <= 1e-10

@@ -16,11 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .activation import Gate
 from .edge_convolution import EdgeConvolution
-from .edge_geometry import EdgeGeometry
+from .edge_geometry import EdgeGeometry, checkpoint_chunk
 from .expand import ColumnExpansion
 from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
 from .head_norms import squared_head_norms
@@ -165,11 +164,11 @@ class _GraphAttention(nn.Module):
             # two passes over edge chunks, each recomputed in backward: logits for the softmax,
             # then the weighted values; only (E, heads) and (N, F) tensors are kept
             chunks = geometry.chunks()
-            logits = torch.cat([checkpoint(self._chunk_logits, c, *nodes, use_reentrant=False) for c in chunks])
+            logits = torch.cat([checkpoint_chunk(self._chunk_logits, c, *nodes) for c in chunks])
             alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
             out = 0
             for c, a in zip(chunks, alpha.split([c.num_edges for c in chunks])):
-                out = out + checkpoint(self._chunk_aggregate, c, a, *nodes, use_reentrant=False)
+                out = out + checkpoint_chunk(self._chunk_aggregate, c, a, *nodes)
         if self_values is not None:
             out = out + self._per_head(self_values, alpha_self, edge_frame=False)
         scalars = x.split([self.fiber[0], x.shape[1] - self.fiber[0]], dim=1)[0] if len(self.fiber) > 1 else x

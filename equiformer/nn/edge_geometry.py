@@ -5,10 +5,12 @@ every block.  ``EdgeGeometry.rotate`` (and its ``inverse``) is the only place fe
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..so3 import block_diagonal, edge_to_axis_rotation, permuted_block_diagonal, spherical_harmonics, wigner_D
 from .fiber import Fiber, edge_order_major, layout
@@ -247,6 +249,14 @@ class EdgeGeometry:
         return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0], _blocks={})
 
 
+def checkpoint_chunk(fn: Callable[..., Tensor], chunk: EdgeGeometry, *args: Tensor) -> Tensor:
+    """``fn(chunk, *args)``, its activations recomputed in backward instead of stored.
+
+    Both runs start from an empty cache of rotation matrices: a cache filled by the forward would
+    let the recomputation skip building (and saving) them, which checkpoint refuses."""
+    return checkpoint(lambda *a: fn(replace(chunk, _blocks={}), *a), *args, use_reentrant=False)
+
+
 def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
     """``k`` if ``dst`` (sorted) is every node ``0..N-1`` exactly ``k >= 1`` times in order, else None."""
     edges = dst.numel()
@@ -257,4 +267,4 @@ def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
     return k if bool((dst.view(num_nodes, k) == receivers).all()) else None
 
 
-__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "edge_vectors", "uniform_in_degree"]
+__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "checkpoint_chunk", "edge_vectors", "uniform_in_degree"]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .edge_convolution import EdgeConvolution
-from .edge_geometry import EdgeGeometry
+from .edge_geometry import EdgeGeometry, checkpoint_chunk
 from .fiber import Fiber
 from .linear import EquivariantLinear
 from .scatter import segment_sum
@@ -32,7 +31,7 @@ class InputEmbedding(nn.Module):
         self.radial = nn.Linear(edge_attr_dim, sum(fiber_in))  # head on the shared radial trunk
         self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
 
-    def _summed_messages(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
+    def _summed_messages(self, geometry: EdgeGeometry, x: Tensor) -> Tensor:
         """``sum_j w_ij conv(x_j)`` per receiver: (N, F)."""
         weight = geometry.weight  # (E,) smooth cutoff, folded into the per-input radial factors
         messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
@@ -43,9 +42,9 @@ class InputEmbedding(nn.Module):
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         """``(N, F_in) -> (N, F)``."""
         if geometry.chunked:  # recomputed chunk by chunk in backward (bounded memory)
-            out = sum(checkpoint(self._summed_messages, x, c, use_reentrant=False) for c in geometry.chunks())
+            out = sum(checkpoint_chunk(self._summed_messages, c, x) for c in geometry.chunks())
         else:
-            out = self._summed_messages(x, geometry)
+            out = self._summed_messages(geometry, x)
         norm = 1.0 + segment_sum(geometry.weight, geometry.dst, geometry.num_nodes)  # (N,)
         out = out / norm[:, None]
         own = self.self_in(x)  # (N, F over the input's degrees)
