@@ -40,3 +40,46 @@ def test_forces_match_finite_differences(overrides):
     relative = (grad - numeric).norm() / numeric.norm()
     assert numeric.norm() > 1e-3
     assert relative <= 1e-6, relative
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(l2_dist_attention=False),
+        dict(l2_dist_attention=True),
+        dict(tensor_product="cg"),
+        dict(edge_chunk_size=7),
+        dict(reversible=True, l2_dist_attention=False),
+        dict(reversible=True, l2_dist_attention=True),
+    ],
+    ids=["mlp-so2", "l2-so2", "cg", "edge-chunks", "reversible-mlp", "reversible-l2"],
+)
+def test_training_on_forces_has_exact_parameter_gradients(overrides):
+    """A loss on autograd forces (``create_graph=True``) differentiated again by parameters:
+    the directional derivative along a random parameter direction equals central differences."""
+    model = make_model(valid_radius=3.0, **overrides)
+    feats, coors, mask = make_inputs(model, b=1, n=10, mask_fraction=0.0)
+    g = torch.Generator().manual_seed(5)
+    target = torch.randn(1, 10, 3, dtype=torch.float64, generator=g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    direction = [torch.randn(p.shape, dtype=p.dtype, generator=g) for p in params]
+
+    def force_loss():
+        x = coors.clone().requires_grad_()
+        (forces,) = torch.autograd.grad(model(feats, x, mask).type0.sum(), x, create_graph=True)
+        return ((forces - target) ** 2).sum()
+
+    grads = torch.autograd.grad(force_loss(), params, allow_unused=True)
+    analytic = sum((gr * d).sum() for gr, d in zip(grads, direction) if gr is not None)
+    h = 1e-6
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(h * d)
+    plus = force_loss().item()
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.sub_(2 * h * d)
+    minus = force_loss().item()
+    numeric = (plus - minus) / (2 * h)
+    assert abs(numeric) > 1e-3
+    assert abs(analytic - numeric) <= 1e-6 * abs(numeric), (analytic, numeric)

@@ -5,6 +5,9 @@ Reversible: two streams start as copies of the input, ``y1 = x1 + attn(x2)``,
 rebuilds each block's inputs from its outputs (``x2 = y2 - ff(y1)``, ``x1 = y1 - attn(x2)``) and
 recomputes it, so activation memory does not grow with depth.  Parameters and the geometry are
 explicit inputs of the autograd function, so ``torch.autograd.grad`` and forces work as usual.
+A backward that must itself be differentiable (``create_graph=True``, e.g. a loss on forces)
+runs the blocks again with autograd recording: correct second derivatives, but that backward
+keeps every block's activations, as plain blocks do.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: _Runner, num_geometry: int, x1: Tensor, x2: Tensor, *tensors: Tensor):
         geometry = runner.geometry
+        # the inputs (one (N, F) tensor, passed as both streams) are kept for a backward that
+        # must itself be differentiable; the memory-saving backward rebuilds them from the outputs
+        inputs = (x1, x2)
         with torch.no_grad():
             for i in range(len(runner.blocks)):
                 x1 = x1 + runner.attn(i, x2, geometry)
@@ -39,7 +45,7 @@ class _ReversibleFunction(torch.autograd.Function):
         # the backward recomputes the blocks: it must run under the same autocast as this forward
         device = x1.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.save_for_backward(x1, x2, *tensors[:num_geometry])
+        ctx.save_for_backward(x1, x2, *inputs, *tensors[:num_geometry])
         ctx.params = tensors[num_geometry:]
         return x1, x2
 
@@ -47,13 +53,38 @@ class _ReversibleFunction(torch.autograd.Function):
     def backward(ctx, dy1: Tensor, dy2: Tensor):
         device, enabled, dtype = ctx.autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
+            if torch.is_grad_enabled():  # create_graph=True, e.g. a loss on forces
+                return _differentiable_backward(ctx, dy1, dy2)
             return _recompute_backward(ctx, dy1, dy2)
+
+
+def _differentiable_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
+    """Gradients that are themselves differentiable (double backward): the blocks are run again
+    from the saved inputs with autograd recording, as plain residual blocks would be, so this
+    backward keeps every block's activations."""
+    runner = ctx.runner
+    _, _, x1, x2, *geo = ctx.saved_tensors
+    params = ctx.params
+    # two distinct views of the one input tensor: each stream gets its own partial derivative
+    a, b = x1.view_as(x1), x2.view_as(x2)
+    geometry = runner.geometry.with_float_tensors(geo)
+    y1, y2 = a, b
+    for i in range(len(runner.blocks)):
+        y1 = y1 + runner.attn(i, y2, geometry)
+        y2 = y2 + runner.ff(i, y1)
+    inputs = [a, b, *geo, *params]
+    wanted = [k for k, t in enumerate(inputs) if t.requires_grad]
+    grads: list[Tensor | None] = [None] * len(inputs)
+    found = torch.autograd.grad((y1, y2), [inputs[k] for k in wanted], (dy1, dy2), create_graph=True, allow_unused=True)
+    for k, g in zip(wanted, found):
+        grads[k] = g
+    return (None, None, *grads)
 
 
 def _recompute_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
     """Walk the blocks backwards, rebuilding each block's inputs from its outputs."""
     runner = ctx.runner
-    y1, y2, *geo = ctx.saved_tensors
+    y1, y2, _, _, *geo = ctx.saved_tensors
     params = ctx.params
     geo_leaves = [t.detach().requires_grad_(t.requires_grad) for t in geo]
     used_geo = [t for t in geo_leaves if t.requires_grad]
