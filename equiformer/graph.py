@@ -489,6 +489,8 @@ def build_graph(
             # nearest neighbours
             exclude = (adj_dst[keep], adj_src[keep])
     if num_neighbors > 0:
+        if pos.dtype in (torch.float16, torch.bfloat16):  # too coarse to rank distances (and no CPU cdist)
+            pos = pos.float()
         if packed:
             dst, src = packed_knn_edges(pos, graph_index, num_neighbors, valid_radius, exclude)
         else:

@@ -43,4 +43,4 @@ class EquivariantLayerNorm(nn.Module):
             mean_sq = (r * r) @ self.mean_matrix.to(work)  # (N, L) per-degree mean square
             factor = torch.rsqrt(mean_sq + self.eps).index_select(1, self.degree_of)
             rest = r * factor * self.scales.to(work).index_select(0, self.scale_of)
-        return torch.cat([scalars.to(rest.dtype), rest], dim=-1)
+        return torch.cat([scalars.to(x.dtype), rest.to(x.dtype)], dim=-1)
