@@ -269,6 +269,9 @@ def brute_knn_edges(
     """Exhaustive search (see ``knn_edges``), ``rows`` query nodes of every graph at a time."""
     b, n, _ = pos.shape
     device = pos.device
+    if b * n == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
     pos = pos.detach()
     rows = max(1, chunk_elements // max(1, b * n))
     starts = list(range(0, n, rows))

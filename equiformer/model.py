@@ -390,7 +390,7 @@ class Equiformer(nn.Module):
         out = {}
         for l, t in enumerate(self._degrees(x)):  # (N, 2l+1, C_l)
             padded = t.new_zeros(b * n, *t.shape[1:]).index_copy(0, node_ids, t)
-            padded = padded.view(b, n, 2 * l + 1, -1).transpose(-1, -2)  # (b, n, C, 2l+1)
+            padded = padded.view(b, n, 2 * l + 1, t.shape[-1]).transpose(-1, -2)  # (b, n, C, 2l+1)
             if pooled:
                 counts = mask.sum(1).clamp(min=1).to(t.dtype)
                 padded = padded.sum(1) / counts.view(b, *([1] * (padded.ndim - 2)))

@@ -56,3 +56,19 @@ def test_fully_masked_batch_element_is_zero_and_harmless():
     assert (out.type0[1] == 0).all() and (out.type1[1] == 0).all()
     alone = model({0: feats[0][:1]}, coors[:1], mask[:1])
     assert (alone.type0 - out.type0[:1]).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("b,n", [(2, 0), (0, 5), (0, 0)], ids=["no-nodes", "no-graphs", "nothing"])
+def test_empty_batches_return_empty_outputs(b, n):
+    """Zero nodes or zero graphs: outputs (and coordinate gradients) of the matching empty shapes,
+    as a data loader's last, empty batch needs."""
+    model = make_model(input_degrees=2, dim_in=(5, 3), attend_sparse_neighbors=True, num_adj_degrees_embed=2)
+    feats = {0: torch.zeros(b, n, 5, dtype=torch.float64), 1: torch.zeros(b, n, 3, 3, dtype=torch.float64)}
+    coors = torch.zeros(b, n, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    out = model(feats, coors, mask, adj_mat=torch.zeros(b, n, n, dtype=torch.bool))
+    assert out.type0.shape == (b, n, model.dim[0]) and out.type2.shape == (b, n, model.dim[2], 5)
+    (out.type0.sum() + out.type1.sum()).backward()
+    assert coors.grad.shape == (b, n, 3)
+    pooled = model(feats, coors, mask, adj_mat=torch.zeros(b, n, n, dtype=torch.bool), return_pooled=True)
+    assert pooled.type1.shape == (b, model.dim[1], 3) and (pooled.type1 == 0).all()
