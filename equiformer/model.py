@@ -25,7 +25,7 @@ from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 from .nn.scatter import segment_sum
 from .packing import sparse_edge_lookup, sparse_pairs
-from .validation import check_config, check_features, check_forward, check_packed, check_packed_edges
+from .validation import check_config, check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -298,6 +298,8 @@ class Equiformer(nn.Module):
         x = self._pack_features(self._embed_inputs(inputs, positions, node_dims=1), n_nodes)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
         pairs = None
+        if adjacency is not None and not needs_adjacency:
+            warn_unused_adjacency("adjacency", stacklevel=2)
         if needs_adjacency:
             if adjacency is None:
                 raise ValueError("adjacency (2, A) is required with attend_sparse_neighbors or num_adj_degrees_embed")

@@ -11,6 +11,7 @@ while ``model.check_inputs`` is true (the default) and can be switched off for s
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 from typing import Any, Mapping, Sequence
 
@@ -310,6 +311,18 @@ def check_packed_edges(model, edge_index: Any, edge_attr: Any) -> None:
         _check_placement("edge_attr", edge_attr, ref, floating=True)
 
 
+def warn_unused_adjacency(name: str, stacklevel: int) -> None:
+    """An adjacency the model has no use for is ignored, as equiformer-pytorch ignores it, but
+    said (once per call site under Python's default filter): the caller may expect bonds to
+    count.  ``stacklevel``: frames up to the user's call."""
+    warnings.warn(
+        f"{name} is ignored: this model uses no adjacency; construct it with attend_sparse_neighbors=True "
+        "and/or num_adj_degrees_embed to use it",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> None:
     """Everything ``forward`` takes except ``inputs`` (see ``check_features``)."""
     ref = _model_reference(model)
@@ -330,6 +343,8 @@ def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> Non
         if _shape(adj_mat) not in ((n, n), (b, n, n)):
             raise ValueError(f"adj_mat must have shape (nodes, nodes) = {(n, n)} or (batch, nodes, nodes) = {(b, n, n)}, got {_shape(adj_mat)}")
         _check_placement("adj_mat", adj_mat, ref, floating=False)
+        if not needs_adjacency:
+            warn_unused_adjacency("adj_mat", stacklevel=5)  # check_forward < forward < Module.__call__ (2)
     elif needs_adjacency:
         raise ValueError(f"adj_mat {(n, n)} or {(b, n, n)} is required with attend_sparse_neighbors or num_adj_degrees_embed")
 

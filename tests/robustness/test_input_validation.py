@@ -303,3 +303,19 @@ def test_constructor_accepts_the_equivalent_good_values():
     )
     assert model.dim == (4, 2)
     assert Equiformer(**BASE, num_neighbors=0, attend_sparse_neighbors=True).num_neighbors == 0
+
+
+def test_adjacency_a_model_does_not_use_is_ignored_with_a_warning():
+    """equiformer-pytorch ignores such an adjacency silently; we keep its results (no error)
+    but say so, pointing at the caller's line."""
+    model = build("features")
+    args = good_arguments("features")
+    plain = model(**args)
+    with pytest.warns(UserWarning, match="adj_mat is ignored") as caught:
+        out = model(**args, adj_mat=chain_adjacency(N))
+    assert caught[0].filename == __file__
+    assert torch.equal(out.type0, plain.type0)
+    packed = good_packed_arguments("features")
+    with pytest.warns(UserWarning, match="adjacency is ignored") as caught:
+        model.forward_packed(**packed, adjacency=torch.tensor([[0], [1]]))
+    assert caught[0].filename == __file__
