@@ -24,6 +24,7 @@ from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 from .nn.scatter import segment_sum
+from .nn.transforms import functorch_transform_active
 from .packing import sparse_edge_lookup, sparse_pairs
 from .validation import check_config, check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
 
@@ -317,7 +318,8 @@ class Equiformer(nn.Module):
 
     def _radial(self, scalars: Tensor) -> Tensor:
         """Shared radial trunk; recomputed in backward instead of stored when chunking edges."""
-        if self.edge_chunk_size is not None and scalars.shape[0] > self.edge_chunk_size:
+        chunked = self.edge_chunk_size is not None and scalars.shape[0] > self.edge_chunk_size
+        if chunked and not functorch_transform_active():  # torch.func has no saved-tensor hooks
             return checkpoint(self.radial_trunk, scalars, use_reentrant=False)
         return self.radial_trunk(scalars)
 

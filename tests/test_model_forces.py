@@ -69,6 +69,12 @@ def test_training_on_forces_has_exact_parameter_gradients(overrides):
         (forces,) = torch.autograd.grad(model(feats, x, mask).type0.sum(), x, create_graph=True)
         return ((forces - target) ** 2).sum()
 
+    # the forces themselves do not depend on whether their graph is kept
+    x = coors.clone().requires_grad_()
+    (kept,) = torch.autograd.grad(model(feats, x, mask).type0.sum(), x, create_graph=True)
+    (plain,) = torch.autograd.grad(model(feats, x, mask).type0.sum(), x)
+    assert (kept - plain).abs().max() <= 1e-12 * plain.abs().max()
+
     grads = torch.autograd.grad(force_loss(), params, allow_unused=True)
     analytic = sum((gr * d).sum() for gr, d in zip(grads, direction) if gr is not None)
     h = 1e-6
@@ -83,3 +89,27 @@ def test_training_on_forces_has_exact_parameter_gradients(overrides):
     numeric = (plus - minus) / (2 * h)
     assert abs(numeric) > 1e-3
     assert abs(analytic - numeric) <= 1e-6 * abs(numeric), (analytic, numeric)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(), dict(l2_dist_attention=False), dict(reversible=True), dict(edge_chunk_size=7)],
+    ids=["l2", "mlp", "reversible", "edge-chunks"],
+)
+def test_torch_func_forces_and_hessian(overrides):
+    """``torch.func.grad`` and ``torch.func.hessian`` of an energy in the coordinates give
+    autograd's forces and second derivatives (the memory-saving paths step aside under them)."""
+    model = make_model(valid_radius=3.0, **overrides)
+    feats, coors, mask = make_inputs(model, b=1, n=6, mask_fraction=0.0)
+
+    def energy(x):
+        return model(feats, x, mask).type0.sum()
+
+    x = coors.clone().requires_grad_()
+    (forces,) = torch.autograd.grad(energy(x), x, create_graph=True)
+    assert (torch.func.grad(energy)(coors) - forces).abs().max() <= 1e-12 * forces.abs().max()
+    rows = [torch.autograd.grad(f, x, retain_graph=True)[0].flatten() for f in forces.flatten()]
+    hessian = torch.func.hessian(energy)(coors).reshape(18, 18)
+    reference = torch.stack(rows)
+    assert reference.abs().max() > 1e-3
+    assert (hessian - reference).abs().max() <= 1e-10 * reference.abs().max()

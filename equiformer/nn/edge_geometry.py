@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..so3 import block_diagonal, edge_to_axis_rotation, permuted_block_diagonal, spherical_harmonics, wigner_D
 from .fiber import Fiber, edge_order_major, layout
+from .transforms import functorch_transform_active
 from .scatter import segment_sum
 
 TENSOR_PRODUCTS = ("so2", "cg")
@@ -253,7 +254,10 @@ def checkpoint_chunk(fn: Callable[..., Tensor], chunk: EdgeGeometry, *args: Tens
     """``fn(chunk, *args)``, its activations recomputed in backward instead of stored.
 
     Both runs start from an empty cache of rotation matrices: a cache filled by the forward would
-    let the recomputation skip building (and saving) them, which checkpoint refuses."""
+    let the recomputation skip building (and saving) them, which checkpoint refuses.  Under a
+    ``torch.func`` transform (no saved-tensor hooks there) it is a plain call."""
+    if functorch_transform_active():
+        return fn(chunk, *args)
     return checkpoint(lambda *a: fn(replace(chunk, _blocks={}), *a), *args, use_reentrant=False)
 
 

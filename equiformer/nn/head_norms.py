@@ -9,10 +9,24 @@ class _SquaredHeadNorms(torch.autograd.Function):
     """``(x * x) @ head_sum.T``, backward ``((2 grad) @ head_sum) * x``.  Plain autograd of
     ``x * x`` multiplies the gradient by ``x`` twice and adds the two products."""
 
+    # forward and setup_context apart, with a vmap rule generated from the ops: usable under
+    # torch.func transforms (grad, jacrev, vmap), not only plain autograd
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, head_sum: Tensor) -> Tensor:
-        ctx.save_for_backward(x, head_sum)
+    def forward(x: Tensor, head_sum: Tensor) -> Tensor:
         return (x * x) @ head_sum.T  # (R, H)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, head_sum_tangent: Tensor | None) -> Tensor:
+        """Forward mode (``torch.func.hessian``, ``jvp``); ``head_sum`` is a constant."""
+        x, head_sum = ctx.saved_tensors
+        return (2 * x * x_tangent) @ head_sum.T  # (R, H)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

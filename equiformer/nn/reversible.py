@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .edge_geometry import EdgeGeometry
+from .transforms import functorch_transform_active
 
 
 class _Runner:
@@ -65,8 +66,11 @@ def _differentiable_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
     runner = ctx.runner
     _, _, x1, x2, *geo = ctx.saved_tensors
     params = ctx.params
-    # two distinct views of the one input tensor: each stream gets its own partial derivative
+    # the function's inputs as fresh views, so that each gets its partial derivative: the two
+    # streams are one tensor, and geometry tensors depend on one another (the Wigner blocks come
+    # from one recursion); gradients with respect to the tensors themselves would add those paths
     a, b = x1.view_as(x1), x2.view_as(x2)
+    geo = [t.view_as(t) for t in geo]
     geometry = runner.geometry.with_float_tensors(geo)
     y1, y2 = a, b
     for i in range(len(runner.blocks)):
@@ -161,7 +165,7 @@ class BlockSequence(nn.Module):
                 x = x + block.ff(x)
             return x
         runner = _Runner(self.blocks, geometry)
-        if self.memory_saving and torch.is_grad_enabled():
+        if self.memory_saving and torch.is_grad_enabled() and not functorch_transform_active():
             geo = geometry.float_tensors()
             params = [p for p in self.blocks.parameters() if p.requires_grad]
             y1, y2 = _ReversibleFunction.apply(runner, len(geo), x, x, *geo, *params)
