@@ -28,6 +28,7 @@ CASES = [
     ("rotation_products.py", [], rf"^ +17 +4 +{NUMBER} +{NUMBER} +{NUMBER}  (direct|transposed)$"),
     ("op_profile.py", [], rf"^denoise-quick forward: untimed step {NUMBER} ms; \d+ operations"),
     ("mixed_sizes.py", ON_CPU, rf"^ +forward_packed +{NUMBER} +forward +{NUMBER} +{NUMBER}x$"),
+    ("neighbour_search.py", ON_CPU, rf"^ +600 +gaussian +{NUMBER} +{NUMBER} +{NUMBER}x$"),
 ]
 
 

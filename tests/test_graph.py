@@ -137,6 +137,34 @@ def test_grid_search_equals_exhaustive_search():
         assert a[0].numel() > 0
 
 
+def test_grid_search_on_a_dense_core_in_a_sparse_cloud():
+    """A Gaussian cloud: cell occupancy from 1 to dozens; still the exhaustive search's edges."""
+    from equiformer.graph import brute_knn_edges, grid_knn_edges
+
+    g = torch.Generator().manual_seed(8)
+    pos = torch.randn(1, 3000, 3, generator=g, dtype=torch.float64) * 8
+    mask = torch.ones(1, 3000, dtype=torch.bool)
+    a = grid_knn_edges(pos, mask, 16, INF)
+    b = brute_knn_edges(pos, mask, 16, INF)
+    assert set(zip(*map(torch.Tensor.tolist, a))) == set(zip(*map(torch.Tensor.tolist, b)))
+
+
+def test_cell_chunks_pad_within_a_factor_of_two_per_side():
+    from equiformer.graph import _cell_chunks
+
+    g = torch.Generator().manual_seed(9)
+    occupancy = torch.randint(1, 60, (500,), generator=g)
+    reach = occupancy + torch.randint(0, 60, (500,), generator=g)
+    chunks = _cell_chunks(occupancy, reach, chunk_elements=20_000)
+    covered = torch.cat([cells for cells, _, _ in chunks])
+    assert sorted(covered.tolist()) == list(range(500))  # every cell exactly once
+    for cells, w_q, w_c in chunks:
+        assert w_q >= occupancy[cells].max() and w_c >= reach[cells].max()  # pads, never truncates
+        assert w_q <= 2 * occupancy[cells].min() and w_c <= 2 * reach[cells].min()
+        assert cells.numel() == 1 or cells.numel() * w_q * 27 * w_c <= 20_000
+    assert len(chunks) > 10
+
+
 def _skewed_batch(sizes, n, generator):
     """Graphs of the given sizes in a (B, n) batch, real nodes at random positions of each row."""
     pos = torch.rand(len(sizes), n, 3, generator=generator, dtype=torch.float64) * 12
