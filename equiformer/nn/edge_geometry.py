@@ -14,8 +14,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..so3 import block_diagonal, edge_to_axis_rotation, permuted_block_diagonal, spherical_harmonics, wigner_D
 from .fiber import Fiber, edge_order_major, layout
-from .transforms import functorch_transform_active
 from .scatter import segment_sum
+from .transforms import functorch_transform_active
 
 TENSOR_PRODUCTS = ("so2", "cg")
 
