@@ -27,5 +27,7 @@ class Gate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c0, g = self.fiber[0], self.num_gates
         scalars, gates, rest = x.split([c0, g, x.shape[1] - c0 - g], dim=1)
-        factors = self.expand(torch.sigmoid(gates))  # (R, F - C0)
-        return torch.cat([F.silu(scalars), rest * factors], dim=-1)
+        # column views copied first: on CPU, sigmoid and SiLU (and their backward, which reads the
+        # saved input) do not vectorise over a strided view; copy + op measured 2-3x faster
+        factors = self.expand(torch.sigmoid(gates.contiguous()))  # (R, F - C0)
+        return torch.cat([F.silu(scalars.contiguous()), rest * factors], dim=-1)

@@ -210,7 +210,7 @@ class MLPAttention(_GraphAttention):
         # one convolution makes both the attention hidden units and the values
         mid = self.conv(self.edge_input(nodes, geometry), geometry, self.radial(geometry.edge_attr))
         hidden, gated = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
-        out_logits = self.to_logits(F.leaky_relu(hidden, self.leaky_slope)) if logits else None
+        out_logits = self.to_logits(F.leaky_relu(hidden.contiguous(), self.leaky_slope)) if logits else None  # see Gate
         return out_logits, self.edge_gate(gated) if values else None
 
     def node_linears(self) -> list[EquivariantLinear]:
