@@ -119,6 +119,12 @@ def _best_per_receiver(dst: Tensor, score: Tensor, k: float) -> Tensor:
     return order[rank < k]
 
 
+def _no_edges(device: torch.device) -> tuple[Tensor, Tensor]:
+    """An empty ``(dst, src)`` edge list."""
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return empty, empty
+
+
 GRID_MIN_NODES = 2048
 _GRID_PASSES = 8  # cell sizes h .. 128 h; nodes still unresolved then are searched exhaustively
 
@@ -148,8 +154,9 @@ def knn_edges(
     if groups is None:
         return _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
     ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
-    rank = positions_in_graphs(ids // n)[1]  # position among its graph's real nodes
-    nodes = _Nodes(pos.detach().reshape(b * n, 3)[ids], ids // n, rank, ids, b * n)
+    graph = ids // n
+    rank = positions_in_graphs(graph)[1]  # position among its graph's real nodes
+    nodes = _Nodes(pos.detach().reshape(b * n, 3)[ids], graph, rank, ids, b * n)
     return _grouped_knn_edges(nodes, counts, groups, num_neighbors, valid_radius, exclude, chunk_elements)
 
 
@@ -165,8 +172,7 @@ def packed_knn_edges(
     ``exclude`` pairs are positions ``0..N-1``.  Graphs are searched in groups of similar size,
     so no search (and no tensor) is ever padded to the largest graph."""
     if pos.shape[0] == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=pos.device)
-        return empty, empty
+        return _no_edges(pos.device)
     counts, rank = positions_in_graphs(graph_index)
     ids = torch.arange(pos.shape[0], device=pos.device)
     nodes = _Nodes(pos.detach(), graph_index, rank, ids, pos.shape[0])
@@ -254,8 +260,7 @@ def _grouped_knn_edges(
         out_dst.append(back[dst])
         out_src.append(back[src])
     if not out_dst:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
+        return _no_edges(device)
     return torch.cat(out_dst), torch.cat(out_src)
 
 
@@ -271,8 +276,7 @@ def brute_knn_edges(
     b, n, _ = pos.shape
     device = pos.device
     if b * n == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
+        return _no_edges(device)
     pos = pos.detach()
     rows = max(1, chunk_elements // max(1, b * n))
     starts = list(range(0, n, rows))
@@ -393,8 +397,7 @@ def grid_knn_edges(
     size = b * n
     nodes = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
     if nodes.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
+        return _no_edges(device)
     ex = _exclusion_keys(exclude, size)
     extra = int(torch.bincount(exclude[0]).max()) if ex is not None else 0
     want = k + extra  # neighbours to find before dropping excluded pairs
@@ -437,14 +440,15 @@ def grid_knn_edges(
     return dst[best], src[best]
 
 
-def _cell_table(cell_of: Tensor, ids: Tensor, cells: int, dummy: int) -> tuple[Tensor, Tensor]:
-    """``ids`` (M,) laid out by their cell ``cell_of`` (M,): a ``(cells, widest)`` table padded
-    with ``dummy``, and the number of ids in every cell."""
-    count = torch.bincount(cell_of, minlength=cells)
-    order = torch.argsort(cell_of, stable=True)
-    rank = torch.arange(order.numel(), device=ids.device) - (torch.cumsum(count, 0) - count)[cell_of[order]]
-    table = torch.full((cells, int(count.max()) if cells else 0), dummy, dtype=torch.long, device=ids.device)
-    table[cell_of[order], rank] = ids[order]
+_CELL_OFFSETS = torch.tensor([[i, j, l] for i in (-1, 0, 1) for j in (-1, 0, 1) for l in (-1, 0, 1)])  # a cell and its 26 neighbours
+
+
+def _cell_table(cell_of: Tensor, ids: Tensor, dummy: int) -> tuple[Tensor, Tensor]:
+    """``ids`` (M,) laid out by their cell ``cell_of`` (M,; every cell ``0..max`` holds one at
+    least): a ``(cells, widest)`` table padded with ``dummy``, and the number of ids per cell."""
+    count, rank = positions_in_graphs(cell_of)  # a cell is a "graph" of its ids
+    table = torch.full((count.numel(), int(count.max())), dummy, dtype=torch.long, device=ids.device)
+    table[cell_of, rank] = ids
     return table, count
 
 
@@ -464,16 +468,16 @@ def _grid_pass(
 
     cell_keys, point_cell = torch.unique(key_of(graph, cell), return_inverse=True)
     dummy = p.shape[0]  # index of a padding point
-    table, occupancy = _cell_table(point_cell, torch.arange(p.shape[0], device=device), cell_keys.numel(), dummy)
+    table, occupancy = _cell_table(point_cell, torch.arange(p.shape[0], device=device), dummy)
     coords = torch.cat([p, p.new_zeros(1, 3)])  # padding point at the origin, masked below
     # the queries: pending points only, in a table of their own cells
     asked = pending.nonzero().flatten()
     query_cells, asked_cell = torch.unique(point_cell[asked], return_inverse=True)
-    queries, asked_count = _cell_table(asked_cell, asked, query_cells.numel(), dummy)  # (query cells, width)
+    queries, asked_count = _cell_table(asked_cell, asked, dummy)  # (query cells, width)
     # a cell's own integer coordinates and graph, from any of its points
     member = table[query_cells, 0]
     cell_xyz, cell_graph = cell[member], graph[member]
-    offsets = torch.tensor([[i, j, l] for i in (-1, 0, 1) for j in (-1, 0, 1) for l in (-1, 0, 1)], device=device)
+    offsets = _CELL_OFFSETS.to(device)
     near_all = key_of(cell_graph[:, None], cell_xyz[:, None, :] + offsets)  # (cells, 27)
     at_all = torch.searchsorted(cell_keys, near_all).clamp(max=cell_keys.numel() - 1)
     present_all = cell_keys[at_all] == near_all

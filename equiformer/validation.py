@@ -167,6 +167,10 @@ def _check_placement(name: str, t: Tensor, ref: Tensor | None, floating: bool) -
         )
 
 
+def _is_integer(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
 def _check_floating(name: str, t: Tensor, what: str) -> None:
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor ({what}), got dtype {t.dtype}")
@@ -174,7 +178,7 @@ def _check_floating(name: str, t: Tensor, what: str) -> None:
 
 def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool) -> None:
     """Integer ids in ``[0, size)``."""
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+    if not _is_integer(ids):
         raise TypeError(f"{name} must be an integer tensor of ids in [0, {size_name}={size}), got dtype {ids.dtype}")
     if check_values and ids.numel():
         low, high = int(ids.min()), int(ids.max())
@@ -258,7 +262,7 @@ def check_packed(model, coors: Any, graph_index: Any) -> None:
     coors = _check_coors(coors, ref, 2, "(nodes, 3) in forward_packed")
     if graph_index is not None:
         graph_index = _check_tensor("graph_index", graph_index)
-        if graph_index.dtype.is_floating_point or graph_index.dtype == torch.bool or graph_index.is_complex():
+        if not _is_integer(graph_index):
             raise TypeError(f"graph_index must hold integer graph ids, got dtype {graph_index.dtype}")
         if _shape(graph_index) != (coors.shape[0],):
             raise ValueError(f"graph_index must have shape (nodes,) = {(coors.shape[0],)} like coors, got {_shape(graph_index)}")
@@ -272,7 +276,7 @@ def check_packed(model, coors: Any, graph_index: Any) -> None:
 def check_pair_list(name: str, pairs: Any) -> Tensor:
     """An integer ``(2, P)`` tensor of node pairs (``forward_packed``'s sparse inputs)."""
     pairs = _check_tensor(name, pairs)
-    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+    if not _is_integer(pairs):
         raise TypeError(f"{name} must hold integer node ids, got dtype {pairs.dtype}")
     if pairs.ndim != 2 or pairs.shape[0] != 2:
         raise ValueError(f"{name} must have shape (2, P), got {_shape(pairs)}")

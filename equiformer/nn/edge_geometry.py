@@ -38,11 +38,17 @@ def edge_vectors(pos: Tensor, dst: Tensor, src: Tensor) -> tuple[Tensor, Tensor]
 _TRANSPOSED_MIN_ROWS, _TRANSPOSED_MAX_CHANNELS = 13, 8
 
 
+def transposed_product(d: Tensor, x: Tensor) -> Tensor:
+    """``d @ x`` for ``d`` (E, R, R) and ``x`` (E, R, C), computed as ``(x^T d^T)^T``: a
+    non-contiguous (E, R, C) view."""
+    return torch.bmm(x.transpose(1, 2), d.transpose(1, 2)).transpose(1, 2)
+
+
 def _apply_rotation(d: Tensor, x: Tensor) -> Tensor:
     """``d @ x`` for ``d`` (E, R, R) and ``x`` (E, R, C); the result may be non-contiguous."""
     rows, channels = x.shape[-2:]
     if rows >= _TRANSPOSED_MIN_ROWS and channels <= _TRANSPOSED_MAX_CHANNELS and x.device.type == "cpu":
-        return torch.bmm(x.transpose(1, 2), d.transpose(1, 2)).transpose(1, 2)  # (E, R, C)
+        return transposed_product(d, x)
     return d @ x
 
 

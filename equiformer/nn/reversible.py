@@ -30,18 +30,22 @@ class _Runner:
     def ff(self, i: int, x: Tensor) -> Tensor:
         return self.blocks[i].ff(x)
 
+    def run(self, x1: Tensor, x2: Tensor, geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
+        """Both streams through every block: ``y1 = x1 + attn(x2)``, ``y2 = x2 + ff(y1)``."""
+        for i in range(len(self.blocks)):
+            x1 = x1 + self.attn(i, x2, geometry)
+            x2 = x2 + self.ff(i, x1)
+        return x1, x2
+
 
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: _Runner, num_geometry: int, x1: Tensor, x2: Tensor, *tensors: Tensor):
-        geometry = runner.geometry
         # the inputs (one (N, F) tensor, passed as both streams) are kept for a backward that
         # must itself be differentiable; the memory-saving backward rebuilds them from the outputs
         inputs = (x1, x2)
         with torch.no_grad():
-            for i in range(len(runner.blocks)):
-                x1 = x1 + runner.attn(i, x2, geometry)
-                x2 = x2 + runner.ff(i, x1)
+            x1, x2 = runner.run(x1, x2, runner.geometry)
         ctx.runner, ctx.num_geometry = runner, num_geometry
         # the backward recomputes the blocks: it must run under the same autocast as this forward
         device = x1.device.type
@@ -71,11 +75,7 @@ def _differentiable_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
     # from one recursion); gradients with respect to the tensors themselves would add those paths
     a, b = x1.view_as(x1), x2.view_as(x2)
     geo = [t.view_as(t) for t in geo]
-    geometry = runner.geometry.with_float_tensors(geo)
-    y1, y2 = a, b
-    for i in range(len(runner.blocks)):
-        y1 = y1 + runner.attn(i, y2, geometry)
-        y2 = y2 + runner.ff(i, y1)
+    y1, y2 = runner.run(a, b, runner.geometry.with_float_tensors(geo))
     inputs = [a, b, *geo, *params]
     wanted = [k for k, t in enumerate(inputs) if t.requires_grad]
     grads: list[Tensor | None] = [None] * len(inputs)
@@ -170,8 +170,5 @@ class BlockSequence(nn.Module):
             params = [p for p in self.blocks.parameters() if p.requires_grad]
             y1, y2 = _ReversibleFunction.apply(runner, len(geo), x, x, *geo, *params)
         else:
-            y1 = y2 = x
-            for i in range(len(self.blocks)):
-                y1 = y1 + runner.attn(i, y2, geometry)
-                y2 = y2 + runner.ff(i, y1)
+            y1, y2 = runner.run(x, x, geometry)
         return (y1 + y2) / 2

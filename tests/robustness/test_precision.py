@@ -1,5 +1,6 @@
 """Precision: float64 stays float64 end to end; bf16 / fp16 autocast run forward and backward with
-finite results close to float32 (the sensitive parts, softmax, norms and geometry, in fp32)."""
+finite results close to float32 (softmax, norms and distances stay in fp32; matrix products,
+the Wigner recursion's included, run in the lower precision)."""
 import collections
 import copy
 import itertools
