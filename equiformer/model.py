@@ -209,7 +209,7 @@ class Equiformer(nn.Module):
         feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
         x0 = feats[0]
         if self.token_emb is not None:
-            x0 = self.token_emb(x0)
+            x0 = self.token_emb(x0.long())  # any integer dtype (embedding takes int32/int64 only)
         elif x0.ndim == node_dims + 2:
             x0 = x0[..., 0]  # (..., d0, 1) -> (..., d0)
         if self.pos_emb is not None:
@@ -224,7 +224,7 @@ class Equiformer(nn.Module):
             if edge_lookup is None:
                 raise ValueError("this model has edge embeddings (edge_dim): pass edges=(b, n, n) ids or (b, n, n, edge_dim) features")
             picked = edge_lookup(graph.dst, graph.src)  # (E,) ids or (E, edge_dim)
-            parts.append(self.edge_emb(picked) if self.edge_emb is not None else picked.to(dist.dtype))
+            parts.append(self.edge_emb(picked.long()) if self.edge_emb is not None else picked.to(dist.dtype))
         if self.num_adj_degrees_embed:
             hop = graph.hop if graph.hop is not None else torch.zeros_like(graph.dst)
             if self.hop_emb is not None:
@@ -280,10 +280,13 @@ class Equiformer(nn.Module):
 
         ``inputs``: token ids ``(N,)``, features ``(N, d0)``, or ``{0: (N, d0), l: (N, d_l, 2l+1)}``;
         ``coors``: ``(N, 3)``; ``graph_index``: ``(N,)`` graph of every node (default: one graph),
-        node order within a graph as given.  ``adjacency``: ``(2, A)`` node pairs ``(i, j)``
-        meaning "``j`` is a neighbour of ``i``" (the sparse ``adj_mat``).  ``edge_index`` /
-        ``edge_attr``: the sparse ``edges`` argument: pairs ``(i, j)`` and their edge-token ids
-        ``(P,)`` or features ``(P, edge_dim)``; pairs not listed get token 0 / zero features.
+        node order within a graph as given (``num_positions`` embeds a node's rank among its
+        graph's nodes; padded ``forward`` embeds its padded index, the same unless the mask has
+        holes).  ``adjacency``: ``(2, A)`` node pairs ``(i, j)`` meaning "``j`` is a neighbour of
+        ``i``" (the sparse ``adj_mat``: a pair listed twice counts once).  ``edge_index`` /
+        ``edge_attr``: the sparse ``edges`` argument: pairs ``(i, j)`` (each at most once) and
+        their edge-token ids ``(P,)`` or features ``(P, edge_dim)``; pairs not listed get token 0
+        / zero features.  Ids may have any integer dtype.
         Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent, or with
         ``return_pooled`` the mean over each graph's nodes, ``(number of graphs, ...)`` (graph ids
         without nodes get zeros).  Nothing is padded: memory is linear in N whatever the mix of
@@ -291,10 +294,12 @@ class Equiformer(nn.Module):
         """
         check_packed(self, coors, graph_index)
         n_nodes = coors.shape[0]
-        if graph_index is None:
+        one_graph = graph_index is None  # one graph, even without nodes
+        if one_graph:
             graph_index = torch.zeros(n_nodes, dtype=torch.long, device=coors.device)
+        graph_index = graph_index.long()  # any integer dtype; indexing needs int64
         counts, positions = positions_in_graphs(graph_index)  # nodes per graph, position in it
-        num_graphs = max(counts.numel(), 1)
+        num_graphs = 1 if one_graph else counts.numel()
         check_features(self, inputs, (n_nodes,), "nodes", largest_graph=int(counts.max()) if n_nodes else 0)
         x = self._pack_features(self._embed_inputs(inputs, positions, node_dims=1), n_nodes)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed

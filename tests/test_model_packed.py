@@ -137,3 +137,65 @@ def test_packed_pooled_outputs_equal_the_padded_ones():
     for a, p in [(padded.type0, packed.type0), (padded.type1, packed.type1)]:
         assert (a[:2] - p[:2]).abs().max() <= 1e-12 and (a[2] - p[3]).abs().max() <= 1e-12
         assert p[2].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_packed_ids_of_any_integer_dtype(dtype):
+    """Graph ids, pair lists and token ids in a narrower integer dtype give the int64 results
+    (uint8 must not be read as a boolean mask, int32 must not fail inside indexing)."""
+    model = make_model(
+        num_tokens=6, dim_in=5, num_edge_tokens=3, edge_dim=4, attend_sparse_neighbors=True, num_adj_degrees_embed=2, adj_dim=0
+    )
+    g = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, 6, (9,), generator=g)
+    coors = torch.randn(9, 3, dtype=torch.float64, generator=g)
+    graph_index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    adjacency = torch.tensor([[0, 1, 2, 4, 5, 6, 7], [1, 2, 3, 5, 6, 7, 8]])
+    adjacency = torch.cat([adjacency, adjacency.flip(0)], 1)
+    edge_index, edge_attr = torch.tensor([[0, 5, 8], [1, 6, 4]]), torch.tensor([1, 2, 1])
+    reference = model.forward_packed(tokens, coors, graph_index, adjacency=adjacency, edge_index=edge_index, edge_attr=edge_attr)
+    narrow = model.forward_packed(
+        tokens.to(dtype),
+        coors,
+        graph_index.to(dtype),
+        adjacency=adjacency.to(dtype),
+        edge_index=edge_index.to(dtype),
+        edge_attr=edge_attr.to(dtype),
+    )
+    assert torch.equal(reference.type1, narrow.type1) and torch.equal(reference.type0, narrow.type0)
+    padded = model(tokens[None, :4].to(dtype), coors[None, :4], adj_mat=torch.ones(4, 4, dtype=torch.bool), edges=torch.ones(1, 4, 4, dtype=dtype))
+    assert padded.type1.shape == (1, 4, model.dim[1], 3)
+
+
+def test_packed_adjacency_pairs_listed_twice_count_once():
+    """``adjacency`` is the sparse ``adj_mat``, a set: symmetrising an already symmetric list
+    (every pair twice) must not give those neighbours double weight."""
+    model = make_model(attend_sparse_neighbors=True, max_sparse_neighbors=3, num_neighbors=2)
+    g = torch.Generator().manual_seed(8)
+    feats = torch.randn(8, 5, dtype=torch.float64, generator=g)
+    coors = torch.randn(8, 3, dtype=torch.float64, generator=g)
+    chain = torch.tensor([[i, i + 1] for i in range(7)]).T
+    adjacency = torch.cat([chain, chain.flip(0)], 1)
+    once = model.forward_packed(feats, coors, adjacency=adjacency)
+    twice = model.forward_packed(feats, coors, adjacency=torch.cat([adjacency, adjacency.flip(0), adjacency], 1))
+    assert (once.type1 - twice.type1).abs().max() <= 1e-12
+    dense = torch.zeros(8, 8, dtype=torch.bool)
+    dense[chain[0], chain[1]] = dense[chain[1], chain[0]] = True
+    padded = model(feats[None], coors[None], adj_mat=dense)
+    assert (padded.type1[0] - once.type1).abs().max() <= 1e-12
+
+
+def test_packed_edge_index_pair_listed_twice_is_refused():
+    model = make_model(num_edge_tokens=3, edge_dim=4)
+    feats, coors = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"edge_index lists the pair \(0, 1\) more than once"):
+        model.forward_packed(feats, coors, edge_index=torch.tensor([[0, 0], [1, 1]]), edge_attr=torch.tensor([1, 2]))
+
+
+def test_packed_pooled_over_no_graphs_has_no_rows():
+    """An explicit empty ``graph_index`` names no graph: pooling gives zero rows (without a
+    ``graph_index`` the nodes form one graph, which pools to one row even when empty)."""
+    model = make_model()
+    feats, coors = torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64)
+    assert model.forward_packed(feats, coors, torch.zeros(0, dtype=torch.long), return_pooled=True).type0.shape[0] == 0
+    assert model.forward_packed(feats, coors, return_pooled=True).type0.shape[0] == 1
