@@ -38,3 +38,28 @@ def test_reversible_and_plain_blocks_differ():
     plain = make_model(reversible=False, seed=3)
     feats, coors, mask = make_inputs(rev)
     assert (rev(feats, coors, mask).type0 - plain(feats, coors, mask).type0).abs().max() > 1e-6
+
+
+def test_reversible_frozen_and_copied_parameters():
+    """The memory-saving backward reads each block's parameters from lists made at construction:
+    a frozen parameter gets no gradient, the others still match plain autograd, and a deep copy
+    trains its own parameters, not the original's."""
+    import copy
+
+    model = make_model(reversible=True, depth=2)
+    frozen = model.blocks.blocks[0].attn.to_out.weights[0]
+    frozen.requires_grad_(False)
+    feats, coors, mask = make_inputs(model)
+    params_a, _ = _grads(model, feats, coors, mask, memory_saving=True, forces=False)
+    params_b, _ = _grads(model, feats, coors, mask, memory_saving=False, forces=False)
+    assert frozen.grad is None
+    assert len(params_a) == len(params_b) > 0
+    for a, b in zip(params_a, params_b):
+        assert (a - b).norm() <= 1e-6 * b.norm().clamp(min=1e-30)
+
+    twin = copy.deepcopy(model)
+    model.zero_grad()
+    out = twin(feats, coors, mask)
+    (out.type0.sum() + (out.type1 * out.type1).sum()).backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert sum(p.grad.norm() for p in twin.parameters() if p.grad is not None) > 0
