@@ -6,6 +6,7 @@ file is actually read, so ``import equiformer.data`` stays light.
 
 from __future__ import annotations
 
+import gzip
 import re
 import warnings
 from pathlib import Path
@@ -152,6 +153,12 @@ _PARSE_ERRORS = (RuntimeError, ValueError, OSError, UnicodeDecodeError)
 
 
 def _parse(gemmi, path: Path):
+    # gemmi raises a bare IndexError (C++ vector range check) on an mmCIF with no data block
+    if not _is_pdb_format(path) and not _has_cif_content(path):
+        raise ValueError(
+            f"Cannot parse structure file {path}: it is empty (no mmCIF data block; "
+            "an interrupted download?)"
+        )
     try:
         return gemmi.read_structure(str(path))
     except _PARSE_ERRORS as error:
@@ -164,6 +171,24 @@ def _parse(gemmi, path: Path):
         return gemmi.read_pdb(str(path), max_line_length=72)
     except _PARSE_ERRORS:
         raise ValueError(f"Cannot parse structure file {path}: {first_error}") from first_error
+
+
+def _has_cif_content(path: Path) -> bool:
+    """False when the (possibly gzipped) file holds only blank lines and ``#`` comments.
+
+    Reads up to the first meaningful line, normally line 1 (``data_...``). A file that cannot
+    be read this way (bad gzip ...) counts as having content: gemmi then names the problem.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for line in handle:
+                stripped = line.strip()
+                if stripped and not stripped.startswith(b"#"):
+                    return True
+    except (OSError, EOFError):
+        return True
+    return False
 
 
 def _is_pdb_format(path: Path) -> bool:

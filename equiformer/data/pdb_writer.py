@@ -31,6 +31,10 @@ def backbone_to_pdb(
 
     ``coords`` is (L, 4, 3) in Å, a numpy array or torch tensor (detached for you); atoms
     False in ``atom_mask`` (L, 4) are left out. Residues are numbered from ``first_residue``.
+
+    Raises:
+        ValueError: bad shapes, or a coordinate, residue number or atom serial that would not
+            fit its fixed columns (the message names the argument and the allowed range).
     """
     xyz = _as_numpy(coords).astype(np.float64)
     length = len(sequence)
@@ -42,26 +46,46 @@ def backbone_to_pdb(
     present = present.astype(bool)
     if not np.isfinite(xyz[present]).all():
         raise ValueError("coords of present atoms must be finite to be written as PDB")
-    if (xyz[present] <= -1000).any() or (xyz[present] >= 10000).any():
-        raise ValueError("coords outside -999.999..9999.999 Å do not fit PDB's columns")
+    # Check the text that will be written, not the value: -999.9996 passes "> -1000" but
+    # rounds to "-1000.000", 9 characters, which shifts every later column.
+    values = xyz[present].ravel()
+    texts = [f"{value:8.3f}" for value in values]
+    for value, text in zip(values, texts):
+        if len(text) != 8:
+            raise ValueError(
+                f"coords value {float(value)!r} is written as {text.strip()!r}, which does not fit "
+                "PDB's 8 columns: coordinates must round to -999.999..9999.999 Å"
+            )
     if len(chain_id) != 1:
         raise ValueError(f"chain_id must be one character, got {chain_id!r}")
+    last = first_residue + max(length - 1, 0)
+    if first_residue < -999 or last > 9999:
+        raise ValueError(
+            f"residue numbers {first_residue}..{last} (first_residue={first_residue}, "
+            f"{length} residues) do not fit PDB's 4 columns: they must lie in -999..9999"
+        )
+    last_serial = first_serial + len(values) // 3  # the TER record takes a serial too
+    if first_serial < 1 or last_serial > 99999:
+        raise ValueError(
+            f"atom serials {first_serial}..{last_serial} (first_serial={first_serial}) do not "
+            "fit PDB's 5 columns: they must lie in 1..99999"
+        )
     lines = []
     serial = first_serial
     residue_name = "UNK"
+    coordinate_text = iter(texts)
     for i, letter in enumerate(sequence):
         residue_name = ONE_TO_THREE.get(letter.upper(), "UNK")
         number = first_residue + i
         for j, atom in enumerate(BACKBONE_ATOMS):
             if present[i, j]:
-                x, y, z = xyz[i, j]
+                x, y, z = (next(coordinate_text) for _ in range(3))
                 lines.append(
                     f"ATOM  {serial:5d} {_atom_field(atom)} {residue_name:>3s} {chain_id}"
-                    f"{number:4d}    {x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{0.0:6.2f}"
+                    f"{number:4d}    {x}{y}{z}{1.0:6.2f}{0.0:6.2f}"
                     f"          {_ELEMENTS[atom]:>2s}  "
                 )
                 serial += 1
-    last = first_residue + max(length - 1, 0)
     lines.append(f"TER   {serial:5d}      {residue_name:>3s} {chain_id}{last:4d}".ljust(80))
     return "\n".join(lines) + "\n"
 

@@ -125,6 +125,33 @@ def _as_str(sequence) -> str:
     return sequence if isinstance(sequence, str) else "".join(sequence)
 
 
+def _resolved(path: Path, protein_id: str, msk) -> np.ndarray:
+    """The mask as booleans: "+"/"-" strings in every release (also as a list or array of
+    characters, where ``np.array(..., dtype=bool)`` would make every non-empty one True);
+    a 0/1 or boolean array is accepted as well."""
+    if isinstance(msk, np.ndarray) and msk.ndim == 0:
+        msk = msk.item()  # np.array("++-") holds one string
+    if isinstance(msk, bytes):
+        msk = msk.decode("ascii", errors="replace")
+    values = np.asarray(list(msk) if isinstance(msk, str) else msk)
+    if values.dtype.kind in "USO":
+        chars = [v.decode("ascii", errors="replace") if isinstance(v, bytes) else str(v)
+                 for v in values.ravel()]
+        unknown = sorted(set(chars) - {"+", "-"})
+        if unknown:
+            raise ValueError(
+                f"{path}: protein {protein_id!r} has a mask 'msk' with {unknown[:5]}, expected "
+                "'+' (resolved) or '-' (missing) per residue"
+            )
+        return np.array([c == "+" for c in chars], dtype=bool).reshape(values.shape)
+    if values.dtype.kind not in "biuf" or not np.isin(values, (0, 1)).all():
+        raise ValueError(
+            f"{path}: protein {protein_id!r} has a mask 'msk' that is neither '+'/'-' "
+            "characters nor 0/1 values"
+        )
+    return values.astype(bool)
+
+
 def _backbone(path: Path, protein_id: str, sequence: str, crd, msk) -> Backbone:
     length = len(sequence)
     array = np.asarray(crd, dtype=np.float64)
@@ -139,8 +166,7 @@ def _backbone(path: Path, protein_id: str, sequence: str, crd, msk) -> Backbone:
     backbone = array[:, :atoms]
     present = ~np.isnan(backbone).any(axis=-1) & (backbone != 0.0).any(axis=-1)
     if msk is not None:
-        # "+"/"-" strings in every release; a 0/1 array is accepted as well
-        resolved = np.array([c == "+" for c in msk] if isinstance(msk, str) else msk, dtype=bool)
+        resolved = _resolved(path, protein_id, msk)
         if resolved.shape != (length,):
             raise ValueError(
                 f"{path}: protein {protein_id!r} has a mask 'msk' of {resolved.size} residues, "

@@ -18,6 +18,13 @@ from .files import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+"""Format 1 gained optional keys later (``train_window``, ``validation_due``); readers default
+them, so checkpoints written before they existed still resume."""
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "step", "config", "world_size", "data_fingerprint", "elapsed", "model", "optimizer",
+    "scheduler", "order", "rng",
+)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -42,6 +49,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise SetupError(
             f"{path} is not a denoise.py checkpoint of format {FORMAT_VERSION} (found {version!r})"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise SetupError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}")
+    kinds = {"config": dict, "model": dict, "optimizer": dict, "scheduler": dict, "order": dict,
+             "rng": dict, "step": int, "world_size": int, "elapsed": (int, float)}
+    wrong = [f"{key} is a {type(payload[key]).__name__}" for key, kind in kinds.items()
+             if not isinstance(payload[key], kind) or isinstance(payload[key], bool)]
+    if wrong or payload["step"] < 0:
+        raise SetupError(f"checkpoint {path} is damaged: {', '.join(wrong) or 'negative step'}")
     return payload
 
 

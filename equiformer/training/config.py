@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -25,6 +26,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 DTYPES = ("float32", "float64")
 ATTENTION = ("mlp", "l2")
+MAX_THREADS = 1024
+"""Upper bound of --threads: above any one machine's core count (and torch crashes on huge values)."""
 
 
 class ConfigError(ValueError):
@@ -146,7 +149,7 @@ class TrainConfig:
         "'bf16' autocast (CUDA only), 'fp32', or 'auto' (bf16 on CUDA, fp32 on CPU)",
         role="run", group="runtime", choices=PRECISIONS))
     threads: int = field(default=0, metadata=_opt(
-        "CPU threads per process (0: torch's default)", role="run", group="runtime"))
+        "CPU threads per process (0: torch's default; at most 1024)", role="run", group="runtime"))
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -319,19 +322,27 @@ def _validate(config: TrainConfig) -> None:
             problems.append(message)
 
     need(not (config.data and config.sidechainnet), "give at most one of --data and --sidechainnet")
-    for name in ("min_residues", "val_proteins", "crop", "num_degrees", "depth", "steps",
+    for name in ("min_residues", "val_proteins", "crop", "depth", "steps",
                  "batch_size", "accumulate", "val_every", "checkpoint_every", "log_every"):
         need(getattr(config, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
     for name in ("split_seed", "seed", "warmup_steps", "num_neighbors", "adj_degrees",
                  "stop_at_step", "threads"):
         need(getattr(config, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
+    # A fixed bound, the same on every machine: more threads than any one machine has cores
+    # only slows a run down, and torch.set_num_threads segfaults on huge values (100000).
+    need(config.threads <= MAX_THREADS,
+         f"--threads must be in 0..{MAX_THREADS} (0: torch's default)")
+    # the denoiser predicts displacements as the type-1 (vector) output: degrees 0 and 1
+    need(config.num_degrees >= 2,
+         "--num-degrees must be >= 2: denoising predicts the type-1 (vector) output")
     need(0.0 < config.val_fraction < 1.0, "--val-fraction must be in (0, 1)")
-    need(config.noise > 0, "--noise must be > 0")
-    need(config.lr > 0, "--lr must be > 0")
+    # `x > 0` is false for NaN but true for inf, which these settings cannot use
+    need(0 < config.noise < math.inf, "--noise must be > 0 and finite")
+    need(0 < config.lr < math.inf, "--lr must be > 0 and finite")
     need(0.0 <= config.min_lr_ratio <= 1.0, "--min-lr-ratio must be in [0, 1]")
-    need(config.weight_decay >= 0 and config.clip_grad >= 0,
-         "--weight-decay and --clip-grad must be >= 0")
-    need(config.valid_radius > 0, "--valid-radius must be > 0")
+    need(0 <= config.weight_decay < math.inf, "--weight-decay must be >= 0 and finite")
+    need(config.clip_grad >= 0, "--clip-grad must be >= 0 (0 or inf: no clipping)")
+    need(config.valid_radius > 0, "--valid-radius must be > 0 (inf: no cutoff)")
     need(config.num_neighbors > 0 or config.adj_degrees > 0,
          "with --num-neighbors 0 the atoms need --adj-degrees >= 1 to attend to anything")
     for name in ("dim", "heads", "dim_head"):

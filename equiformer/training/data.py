@@ -108,15 +108,39 @@ class BatchOrder:
                 "order": self.order.clone(), "cursor": self.cursor, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
+        """Inverse of ``state_dict``; a state that cannot be this order's is a SetupError."""
+        missing = [k for k in ("num_chains", "generator", "order", "cursor", "epoch")
+                   if k not in state]
+        if missing:
+            raise SetupError(f"the checkpoint's data order has no {', '.join(missing)}")
         if state["num_chains"] != self.num_chains:
             raise SetupError(
                 f"the checkpoint's data order is over {state['num_chains']} training chains, "
                 f"this data set has {self.num_chains}"
             )
-        self.generator.set_state(state["generator"])
-        self.order = state["order"].clone()
-        self.cursor = int(state["cursor"])
-        self.epoch = int(state["epoch"])
+        order, cursor, epoch = state["order"], state["cursor"], state["epoch"]
+        # an order is empty (before the first batch) or a permutation of the chains
+        valid_order = isinstance(order, torch.Tensor) and (
+            order.numel() == 0
+            or torch.equal(order.sort().values, torch.arange(self.num_chains))
+        )
+        if not valid_order:
+            raise SetupError(
+                f"the checkpoint's data order is not a permutation of {self.num_chains} chains"
+            )
+        if not (isinstance(cursor, int) and 0 <= cursor <= len(order)):
+            raise SetupError(
+                f"the checkpoint's data-order cursor is {cursor!r}, expected 0..{len(order)}"
+            )
+        if not (isinstance(epoch, int) and epoch >= 0):
+            raise SetupError(f"the checkpoint's data-order epoch is {epoch!r}, expected >= 0")
+        try:
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, TypeError) as error:
+            raise SetupError(f"the checkpoint's data-order generator state is invalid: {error}")
+        self.order = order.clone().long()
+        self.cursor = cursor
+        self.epoch = epoch
 
 
 @dataclass

@@ -9,6 +9,7 @@ over the whole global batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,6 +27,27 @@ from .interrupt import StopRequest
 from .metrics import CURVES_NAME, MetricsLog
 from .objective import denoise, squared_deviation
 from .validation import ValidationResult, evaluate, write_example
+
+
+@dataclass
+class TrainWindow:
+    """Sum of the per-step training losses and seconds since the last ``train`` record."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.seconds += seconds
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum, "steps": self.steps, "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TrainWindow":
+        return cls(float(state["loss_sum"]), int(state["steps"]), float(state["seconds"]))
 
 
 @dataclass
@@ -52,6 +74,11 @@ class Session:
     step: int = 0
     elapsed: float = 0.0
     """Training seconds of earlier invocations of this run."""
+    window: TrainWindow = dataclasses.field(default_factory=TrainWindow)
+    """Steps since the last full ``train`` record; checkpointed, so that a resumed run logs
+    exactly the records (same steps, same mean losses) of an uninterrupted one."""
+    validation_due: bool = False
+    """The validation of ``step`` was skipped (a stop request): ``fit`` runs it first."""
 
     def checkpoint_state(self) -> dict:
         """The resumable state, as tensors and primitives only."""
@@ -65,6 +92,8 @@ class Session:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "order": self.order.state_dict(),
+            "train_window": self.window.state_dict(),
+            "validation_due": self.validation_due,
         }
 
     def say(self, message: str) -> None:
@@ -113,6 +142,7 @@ def validate(session: Session) -> ValidationResult:
     """Evaluate on the fixed validation set; rank 0 logs it and writes the PDB and the plot."""
     result = evaluate(session.module, session.val_chunks, session.config, session.precision,
                       session.device, session.ctx)
+    session.validation_due = False
     if session.ctx.is_main:
         session.metrics.write(kind="val", step=session.step, rmsd_noisy=result.rmsd_noisy,
                               rmsd_denoised=result.rmsd_denoised, chains=result.chains)
@@ -124,16 +154,43 @@ def validate(session: Session) -> ValidationResult:
     return result
 
 
+def write_train_record(session: Session, lr: float, grad_norm: float, started: float,
+                       partial: bool = False) -> None:
+    """The mean training loss of the window; a full record starts a new window.
+
+    A ``partial`` record (a stop or an interrupt between ``--log-every`` steps) keeps the
+    window going: a resumed run drops the record and logs the full one at the usual step.
+    """
+    window = session.window
+    extra = {"partial": True} if partial else {}
+    session.metrics.write(
+        kind="train", step=session.step, loss=window.loss_sum / window.steps, lr=lr,
+        grad_norm=grad_norm, steps_per_s=window.steps / max(window.seconds, 1e-9),
+        elapsed_s=session.elapsed + time.perf_counter() - started,
+        epoch=session.order.epoch, **extra,
+    )
+    if not partial:
+        session.window = TrainWindow()
+
+
 def fit(session: Session, stop: StopRequest) -> str:
-    """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted."""
+    """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted.
+
+    A stop request (Ctrl-C, SIGTERM) ends the run after the current step with a checkpoint,
+    skipping that step's validation (it runs first thing on ``--resume``), except when the
+    step was the last of ``--steps``: then the run is trained and finishes normally, with its
+    final validation and exit status 0.
+    """
     from tqdm import tqdm
 
     config, ctx = session.config, session.ctx
     end = min(config.steps, config.stop_at_step) if config.stop_at_step else config.steps
+    if session.validation_due:  # skipped when the run was interrupted at this step
+        validate(session)
+        save(session)  # no longer due: a kill before the next checkpoint must not redo it
     bar = tqdm(total=config.steps, initial=session.step, unit="step", dynamic_ncols=True,
                disable=not (ctx.is_main and config.progress), desc="denoise")
     started = time.perf_counter()
-    window_loss, window_steps, window_seconds = 0.0, 0, 0.0
     status = "finished" if end == config.steps else "stopped"
     try:
         while session.step < end:
@@ -149,21 +206,21 @@ def fit(session: Session, stop: StopRequest) -> str:
                 raise FloatingPointError(
                     f"training loss is {loss} at step {session.step}: lower --lr or check the data"
                 )
-            window_seconds += time.perf_counter() - step_start  # training only, no validation
-            window_loss, window_steps = window_loss + loss, window_steps + 1
+            session.window.add(loss, time.perf_counter() - step_start)  # no validation time
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            interrupted = signalled > 0
-            if session.step % config.log_every == 0 or session.step == end or interrupted:
-                session.metrics.write(
-                    kind="train", step=session.step, loss=window_loss / window_steps, lr=lr,
-                    grad_norm=float(grad_norm), steps_per_s=window_steps / window_seconds,
-                    elapsed_s=session.elapsed + time.perf_counter() - started,
-                    epoch=session.order.epoch,
-                )
-                window_loss, window_steps, window_seconds = 0.0, 0, 0.0
-            if not interrupted and (session.step % config.val_every == 0
-                                    or session.step == config.steps):
+            last = session.step == config.steps
+            # every rank sees the same `signalled` and `last`, so all agree to carry on
+            interrupted = signalled > 0 and not last
+            if signalled > 0 and last:
+                session.say("all steps are trained: finishing the run (final validation) "
+                            "before exiting")
+            full_record = session.step % config.log_every == 0 or last
+            if full_record or session.step == end or interrupted:
+                write_train_record(session, lr, float(grad_norm), started,
+                                   partial=not full_record)
+            session.validation_due = session.step % config.val_every == 0 or last
+            if session.validation_due and not interrupted:
                 validate(session)
             if interrupted or session.step == end or session.step % config.checkpoint_every == 0:
                 session.elapsed += time.perf_counter() - started

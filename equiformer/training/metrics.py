@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
+from .config import SetupError
 from .files import atomic_path
 
 METRICS_NAME = "metrics.jsonl"
@@ -19,18 +21,43 @@ CURVES_NAME = "curves.png"
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics file, in order ([] if it does not exist)."""
+    """All records of a metrics file, in order ([] if it does not exist).
+
+    Records are appended in place, so a run killed mid-append (or out of disk space) can leave
+    a torn last line: it is dropped with a warning. Any other unreadable line is a ValueError
+    naming the file and the line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warnings.warn(f"{path} line {number}: dropping an incomplete last record "
+                              f"(a run killed while writing it?): {line[:60]!r}", stacklevel=2)
+                break
+            raise ValueError(f"{path} line {number} is not a JSON record ({error}): "
+                             f"{line[:60]!r}") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object: {line[:60]!r}")
+        records.append(record)
+    return records
 
 
 class MetricsLog:
     """Appends records to ``metrics.jsonl``; only the main process writes, the others keep none.
 
     On resume the file is cut back to the checkpoint's step: records written after the last
-    checkpoint by the interrupted run describe steps that are about to be trained again.
+    checkpoint by the interrupted run describe steps that are about to be trained again, and
+    ``partial`` train records (written at a stop) are superseded by the resumed run's full ones.
     """
 
     def __init__(self, folder: Path, enabled: bool, resume_step: int | None = None):
@@ -41,7 +68,12 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None:
-            self.records = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            try:
+                records = read_metrics(self.path)
+            except ValueError as error:
+                raise SetupError(f"cannot resume the metrics: {error}") from error
+            self.records = [r for r in records if r.get("step", 0) <= resume_step
+                            and not (r.get("kind") == "train" and r.get("partial"))]
         with atomic_path(self.path) as temporary:
             temporary.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 

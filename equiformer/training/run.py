@@ -14,11 +14,12 @@ from typing import Any, Sequence
 import torch
 
 from .allocator import keep_freed_memory
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng, save_checkpoint
 from .config import ConfigError, SetupError, TrainConfig, parse_args, resolve, resolve_resume
 from .data import BatchOrder, fingerprint, load_backbones, make_batch, split
 from .distributed import (
     DistContext,
+    all_reduce_sum,
     context_from_env,
     gather_digests,
     init_process_group,
@@ -27,11 +28,11 @@ from .distributed import (
 )
 from .files import atomic_path, remove_stale_temporaries
 from .interrupt import StopRequest
-from .loop import Session, fit
+from .loop import Session, TrainWindow, fit
 from .metrics import CURVES_NAME, MetricsLog
 from .objective import bf16_problem, build_model
 from .optim import build_optimizer, build_scheduler
-from .validation import build_validation_set
+from .validation import EXAMPLE_NAME, build_validation_set
 
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, the shell's convention for a job ended by Ctrl-C (after saving, here)."""
@@ -140,27 +141,37 @@ def build_session(
                 print(f"warning: the model does not run under bf16 autocast ({problem}); "
                       "training in fp32", file=sys.stderr)
     out = Path(config.out)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
     step, elapsed = 0, 0.0
+    window, validation_due = TrainWindow(), False
     data_fingerprint = fingerprint(train_chains)
     if checkpoint is not None:
         _check_compatible(checkpoint, ctx, data_fingerprint, out)
-        module.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        order.load_state_dict(checkpoint["order"])
-        restore_rng(checkpoint["rng"])
+        window, validation_due = _restore(checkpoint, module, optimizer, scheduler, order,
+                                          out / CHECKPOINT_NAME)
         step, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
     session = Session(
         config=config, ctx=ctx, device=device, precision=precision, dtype=dtype,
         model=wrap_model(module, ctx, device), module=module, optimizer=optimizer,
         scheduler=scheduler, order=order, train_chains=train_chains,
         val_chunks=build_validation_set(val_chains, config, dtype), out=out,
-        metrics=MetricsLog(out, ctx.is_main, resume_step=step if checkpoint else None),
-        data_fingerprint=data_fingerprint, step=step, elapsed=elapsed,
+        metrics=MetricsLog(out, enabled=False),  # the real one below, after --overwrite's save
+        data_fingerprint=data_fingerprint, step=step, elapsed=elapsed, window=window,
+        validation_due=validation_due,
     )
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        if config.overwrite:
+            _replace_previous_run(session)
+    session.metrics = MetricsLog(out, ctx.is_main, resume_step=step if checkpoint else None)
+    if checkpoint is not None and "validation_due" not in checkpoint:
+        # older checkpoints: a run whose steps are all done owes its final validation
+        # unless metrics.jsonl has it (an interrupt in the last step used to skip it);
+        # read on rank 0 only and shared, so that all ranks agree on whether to validate
+        missing = step == config.steps and not any(
+            r.get("step") == step for r in session.metrics.of_kind("val"))
+        flag = torch.tensor(float(missing and ctx.is_main), device=device)
+        session.validation_due = all_reduce_sum(flag, ctx).item() > 0
     if ctx.is_main:
         with atomic_path(out / "config.json") as temporary:
             temporary.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -176,6 +187,51 @@ def build_session(
     if checkpoint is not None:
         session.say(f"resumed from step {step} of {config.steps} ({out / CHECKPOINT_NAME})")
     return session
+
+
+def _replace_previous_run(session: Session) -> None:
+    """``--overwrite``: before the new run writes anything else, atomically replace the old
+    run's checkpoint with the new run's step-0 one, and delete the old plot and example.
+
+    Killed before its own first periodic checkpoint, the new run must not leave the old
+    checkpoint next to its config.json, for ``--resume`` to continue the old run silently;
+    with this one, ``--resume`` starts the new run from step 0 (bitwise as a fresh start:
+    nothing draws from the RNGs between here and the first step).
+    """
+    save_checkpoint(session.out / CHECKPOINT_NAME, session.checkpoint_state())
+    for name in (CURVES_NAME, EXAMPLE_NAME):
+        (session.out / name).unlink(missing_ok=True)
+
+
+def _restore(
+    checkpoint: dict, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, order: BatchOrder, path: Path,
+) -> tuple[TrainWindow, bool]:
+    """Load the checkpoint's states; one that does not fit this run is a SetupError naming it."""
+    parts = (("model weights", lambda: module.load_state_dict(checkpoint["model"])),
+             ("optimizer state", lambda: optimizer.load_state_dict(checkpoint["optimizer"])),
+             ("scheduler state", lambda: scheduler.load_state_dict(checkpoint["scheduler"])),
+             ("data order", lambda: order.load_state_dict(checkpoint["order"])),
+             ("RNG state", lambda: restore_rng(checkpoint["rng"])))
+    for what, load in parts:
+        try:
+            load()
+        except SetupError as error:
+            raise SetupError(f"cannot resume from {path}: {error}") from error
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            detail = str(error).strip().replace("\n", " ")[:400]
+            raise SetupError(f"cannot resume from {path}: its {what} cannot be loaded into "
+                             f"this run ({type(error).__name__}: {detail})") from error
+    try:  # optional keys (added within format 1): missing means an empty window, nothing due
+        window = TrainWindow.from_state(checkpoint.get("train_window") or {
+            "loss_sum": 0.0, "steps": 0, "seconds": 0.0})
+        validation_due = checkpoint.get("validation_due", False)
+        if window.steps < 0 or not isinstance(validation_due, bool):
+            raise ValueError("negative step count or non-boolean validation_due")
+    except (KeyError, ValueError, TypeError) as error:
+        raise SetupError(f"cannot resume from {path}: its training-loss window is damaged "
+                         f"({type(error).__name__}: {error})") from error
+    return window, validation_due
 
 
 def _check_compatible(checkpoint: dict, ctx: DistContext, data_fingerprint: str, out: Path) -> None:

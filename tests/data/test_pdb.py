@@ -197,6 +197,24 @@ def test_folder_errors_name_the_path(tmp_path):
             load_structure_dir(only_bad)
 
 
+@pytest.mark.parametrize("name, text", [
+    ("3emp.cif", ""), ("3emp.mmcif", "\n  \n"), ("3emp.cif", "# only a comment\n#\n"),
+    ("3emp.cif.gz", ""), ("3emp.mmcif.gz", "# comment\n"),
+])
+def test_empty_mmcif_is_a_value_error_naming_the_file(tmp_path, few_chains, name, text):
+    """gemmi itself raises a bare IndexError on an mmCIF without a data block."""
+    empty = _write_text(tmp_path / name, text)
+    with pytest.raises(ValueError, match=f"{empty}: it is empty"):
+        read_structure(empty)
+    _write_chain(tmp_path / "1aaa_A.pdb", few_chains[0])
+    _write_chain(tmp_path / "2bbb_A.pdb", few_chains[1])
+    with pytest.warns(UserWarning, match=str(empty)):
+        chains = load_structure_dir(tmp_path)
+    assert sorted(c.id for c in chains) == ["1aaa_A", "2bbb_A"]
+    with pytest.raises(ValueError, match=str(empty)):
+        load_structure_dir(tmp_path, on_error="raise")
+
+
 def test_legacy_columns_73_80_are_tolerated(tmp_path, clean_chain):
     """Old PDB files put segment ids and line numbers where element and charge now are."""
     text = backbone_to_pdb(clean_chain.coords, clean_chain.sequence)

@@ -63,3 +63,34 @@ def test_missing_atoms_are_left_out_and_bad_input_rejected(clean_chain):
         backbone_to_pdb(far, clean_chain.sequence[:3])
     with pytest.raises(ValueError, match="shape"):
         backbone_to_pdb(clean_chain.coords[:3], clean_chain.sequence[:4])
+
+
+def test_fields_are_checked_as_written_not_before_rounding():
+    """-999.9996 passed a "> -1000" check but was written as "-1000.000" (9 columns)."""
+    coords = np.zeros((3, 4, 3))
+    coords[..., 0] = np.arange(12).reshape(3, 4)
+    for value in (-999.9996, 9999.9996, -1000.0, np.nan):
+        bad = coords.copy()
+        bad[1, 2, 1] = value
+        with pytest.raises(ValueError, match="coords"):
+            backbone_to_pdb(bad, "AAA")
+    with pytest.raises(ValueError, match="first_residue=9998"):
+        backbone_to_pdb(coords, "AAA", first_residue=9998)  # residue 10000
+    with pytest.raises(ValueError, match="first_residue=-1000"):
+        backbone_to_pdb(coords, "AAA", first_residue=-1000)
+    with pytest.raises(ValueError, match="first_serial=99988"):
+        backbone_to_pdb(coords, "AAA", first_serial=99988)  # TER would be serial 100000
+    with pytest.raises(ValueError, match="first_serial=0"):
+        backbone_to_pdb(coords, "AAA", first_serial=0)
+    # the extremes that do fit are written, in 80 columns
+    edge = coords.copy()
+    edge[0, 0] = (-999.9994, 9999.9994, 0.0)
+    for text in (
+        backbone_to_pdb(edge, "AAA", first_residue=-999),
+        backbone_to_pdb(coords, "AAA", first_residue=9997, first_serial=99987),
+    ):
+        assert all(len(line) == 80 for line in text.splitlines())
+    text = backbone_to_pdb(edge, "AAA", first_residue=9997, first_serial=99987)
+    first = text.splitlines()[0]
+    assert first[30:38] == "-999.999" and first[38:46] == "9999.999" and first[22:26] == "9997"
+    assert text.splitlines()[-1][6:11] == "99999"

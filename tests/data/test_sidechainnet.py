@@ -114,6 +114,35 @@ def test_errors_name_the_path_and_the_missing_key(tmp_path, few_chains):
         load_sidechainnet(tmp_path / "bad_msk.pkl")
 
 
+@pytest.mark.parametrize("as_given", [
+    list, np.array, lambda m: np.array(list(m), dtype=object), lambda m: m.encode(),
+    lambda m: np.array([c == "+" for c in m]), lambda m: [int(c == "+") for c in m],
+])
+def test_mask_as_characters_or_numbers(tmp_path, few_chains, as_given):
+    """A list/array of "+"/"-" used to become all True under np.array(..., dtype=bool)."""
+    path = _pickle(tmp_path / "scn.pkl", few_chains, "1.0")
+    reference = load_sidechainnet(path)
+    data = pickle.loads(path.read_bytes())
+    for i, mask in enumerate(data["train"]["msk"]):
+        data["train"]["msk"][i] = as_given(mask)
+        data["train"]["crd"][i][MISSING, :4] = 1.0  # coordinates present, the mask says "-"
+    path.write_bytes(pickle.dumps(data))
+    for read, expected in zip(load_sidechainnet(path), reference, strict=True):
+        np.testing.assert_array_equal(read.atom_mask, expected.atom_mask)
+        assert not read.atom_mask[MISSING].any()
+
+
+@pytest.mark.parametrize("mask", [["+", "x"], np.array(["+", "?"]), [0, 2], [0.5]])
+def test_mask_of_other_values_is_named(tmp_path, few_chains, mask):
+    path = _pickle(tmp_path / "scn.pkl", few_chains, "1.0")
+    data = pickle.loads(path.read_bytes())
+    length = len(data["train"]["seq"][1])
+    data["train"]["msk"][1] = (list(mask) * length)[:length]
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(ValueError, match=r"scn.pkl: protein '1ABC_1_B' has a mask 'msk'"):
+        load_sidechainnet(path)
+
+
 @pytest.mark.parametrize(
     ("pid", "entry"),
     [("1ABC_1_A", "1abc"), ("70#2AIO_1_B", "2aio"), ("T0865", "T0865"), ("TBM#T0865", "T0865")],

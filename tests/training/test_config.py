@@ -26,10 +26,26 @@ def test_defaults_are_the_small_preset_and_flags_override_presets():
     (["--dim", "8,4,2"], "--dim needs 1 or --num-degrees (2)"),
     (["--device", "cpu", "--precision", "bf16"], "CUDA only"),
     (["--device", "tpu"], "--device must be one of"),
+    # denoising needs the type-1 output (the model crashed on its first step)
+    (["--num-degrees", "1", "--dim", "8", "--heads", "2", "--dim-head", "4"],
+     "--num-degrees must be >= 2"),
+    # inf passed the "> 0" checks, then the run died with a traceback
+    (["--noise", "inf"], "--noise must be > 0 and finite"),
+    (["--lr", "inf"], "--lr must be > 0 and finite"),
+    (["--weight-decay", "inf"], "--weight-decay must be >= 0 and finite"),
+    (["--noise", "nan"], "--noise must be > 0 and finite"),
+    (["--clip-grad", "nan"], "--clip-grad must be >= 0"),
+    (["--threads", "100000"], "--threads must be in 0..1024"),  # torch segfaulted
 ])
 def test_bad_settings_are_named(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve(parse_args(argv))
+
+
+def test_infinite_radius_and_clip_mean_no_limit():
+    config = resolve(parse_args(["--valid-radius", "inf", "--clip-grad", "inf", "--threads",
+                                 "1024"]))
+    assert config.valid_radius == config.clip_grad == float("inf")
 
 
 def test_resume_takes_the_checkpoint_config_and_rejects_strict_changes():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+
+import pytest
+import torch
 
 from denoise_runner import (
     assert_same_weights,
@@ -89,3 +93,127 @@ def test_resume_needs_a_checkpoint_and_fresh_runs_need_a_free_folder(tmp_path, c
     assert "pass --resume to continue" in capsys.readouterr().err
     assert run_inline(tmp_path, "--steps", "2", "--overwrite") == 0
     assert checkpoint(tmp_path)["step"] == 2
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: no handler runs, nothing is saved, the process just ends."""
+
+
+def kill_after(monkeypatch, step: int, action=None) -> None:
+    """Make the loop's ``train_step`` end the run (or call ``action``) right after ``step``."""
+    import equiformer.training.loop as loop
+
+    original = loop.train_step
+
+    def wrapped(session):
+        result = original(session)
+        if session.step + 1 == step:
+            if action is None:
+                raise Killed
+            action()
+        return result
+
+    monkeypatch.setattr(loop, "train_step", wrapped)
+
+
+def train_records(out):
+    return [(r["step"], r["loss"]) for r in read_metrics(out / METRICS_NAME)
+            if r["kind"] == "train"]
+
+
+def test_killed_between_checkpoints_logs_what_a_straight_run_logs(tmp_path, monkeypatch):
+    """The running mean of the training loss is in the checkpoint: records after a kill and
+    --resume have the straight run's steps and values (they used to miss steps 5-6)."""
+    common = ["--steps", STEPS, "--checkpoint-every", "3", "--log-every", "4"]
+    assert run_inline(tmp_path / "straight", *common, "--stop-at-step", "8") == 0
+    out = tmp_path / "killed"
+    kill_after(monkeypatch, 5)  # the last checkpoint is step 3, the last record step 4
+    with pytest.raises(Killed):
+        run_inline(out, *common)
+    monkeypatch.undo()
+    assert checkpoint(out)["step"] == 3
+    assert run_inline(out, "--resume", *common[2:], "--stop-at-step", "8") == 0
+    assert train_records(out) == train_records(tmp_path / "straight")
+    assert [s for s, _ in train_records(out)] == [4, 8]
+
+
+def test_stops_between_log_steps_leave_a_partial_record_that_resume_replaces(tmp_path):
+    common = ["--steps", STEPS, "--log-every", "4"]  # repeated on resume: TINY logs every step
+    assert run_inline(tmp_path / "straight", *common, "--stop-at-step", "8") == 0
+    out = tmp_path / "stopped"
+    assert run_inline(out, *common, "--stop-at-step", "2") == 0
+    [partial] = [r for r in read_metrics(out / METRICS_NAME) if r["kind"] == "train"]
+    assert partial["step"] == 2 and partial["partial"] is True  # visible while stopped
+    assert run_inline(out, "--resume", *common[2:], "--stop-at-step", "6") == 0
+    assert run_inline(out, "--resume", *common[2:], "--stop-at-step", "8") == 0
+    assert train_records(out) == train_records(tmp_path / "straight")
+
+
+def test_overwrite_killed_early_leaves_no_old_checkpoint(tmp_path, monkeypatch):
+    """--overwrite first replaces the old checkpoint with its own step-0 one, so --resume
+    after an early kill starts the new run, not the old one (whose history is gone)."""
+    out = tmp_path / "run"
+    assert run_inline(out, "--steps", STEPS, "--stop-at-step", "3", "--val-every", "1") == 0
+    assert (out / "validation_example.pdb").exists()
+    kill_after(monkeypatch, 2)
+    with pytest.raises(Killed):
+        run_inline(out, "--steps", STEPS, "--overwrite", "--lr", "0.01")
+    monkeypatch.undo()
+    saved = checkpoint(out)
+    assert (saved["step"], saved["config"]["lr"]) == (0, 0.01)
+    assert not (out / "validation_example.pdb").exists() and not (out / "curves.png").exists()
+    assert run_inline(out, "--resume", "--stop-at-step", "2") == 0
+    assert [s for s, _ in train_records(out)] == [1, 2]
+    fresh = tmp_path / "fresh"
+    assert run_inline(fresh, "--steps", STEPS, "--lr", "0.01", "--stop-at-step", "2") == 0
+    assert_same_weights(checkpoint(out), checkpoint(fresh))
+
+
+def sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def val_records(out):
+    return [(r["step"], r["rmsd_denoised"]) for r in read_metrics(out / METRICS_NAME)
+            if r["kind"] == "val"]
+
+
+def test_signal_in_the_last_step_finishes_the_run(tmp_path, monkeypatch, capsys):
+    """All steps are trained: validate, summarise and exit 0 (it used to exit 130 without the
+    final validation, and --resume then trained nothing and never validated)."""
+    kill_after(monkeypatch, 3, sigterm)
+    assert run_inline(tmp_path, "--steps", "3", "--val-every", "100") == 0
+    assert "all steps are trained" in capsys.readouterr().out
+    assert [s for s, _ in val_records(tmp_path)] == [3]
+    [end] = [r for r in read_metrics(tmp_path / METRICS_NAME) if r["kind"] == "end"]
+    assert end["status"] == "finished"
+    assert checkpoint(tmp_path)["validation_due"] is False
+
+
+def test_validation_skipped_by_a_signal_runs_on_resume(tmp_path, monkeypatch):
+    common = ["--steps", "4", "--val-every", "2"]
+    assert run_inline(tmp_path / "straight", *common) == 0
+    out = tmp_path / "interrupted"
+    kill_after(monkeypatch, 2, sigterm)
+    assert run_inline(out, *common) == 130
+    monkeypatch.undo()
+    assert val_records(out) == [] and checkpoint(out)["validation_due"] is True
+    assert run_inline(out, "--resume") == 0
+    assert val_records(out) == val_records(tmp_path / "straight")
+    assert [s for s, _ in val_records(out)] == [2, 4]
+
+
+def test_old_checkpoint_of_a_run_missing_its_final_validation(tmp_path):
+    """Checkpoints from before train_window/validation_due still resume; a finished run whose
+    final validation is not in metrics.jsonl (the old last-step interrupt) gets it."""
+    assert run_inline(tmp_path, "--steps", "2", "--val-every", "100") == 0
+    old = {k: v for k, v in checkpoint(tmp_path).items()
+           if k not in ("train_window", "validation_due")}
+    torch.save(old, tmp_path / "checkpoint.pt")
+    path = tmp_path / METRICS_NAME
+    kept = [line for line in path.read_text().splitlines() if '"kind": "val"' not in line]
+    path.write_text("\n".join(kept) + "\n")
+    assert run_inline(tmp_path, "--resume") == 0
+    assert [s for s, _ in val_records(tmp_path)] == [2]
+    assert run_inline(tmp_path, "--resume") == 0  # done now: not validated again
+    assert [s for s, _ in val_records(tmp_path)] == [2]
