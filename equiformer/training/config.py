@@ -203,15 +203,16 @@ def explicit_with_preset(explicit: dict[str, Any]) -> dict[str, Any]:
     return {**PRESETS[explicit["preset"]], **explicit}
 
 
-def resolve_resume(saved: dict[str, Any], explicit: dict[str, Any]) -> TrainConfig:
+def resolve_resume(saved: dict[str, Any], explicit: dict[str, Any], source: str = "the checkpoint") -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with ``inherit``/``run`` flags applied.
+    ``source`` names the checkpoint in errors.
 
     Raises ``ConfigError`` naming every strict setting that the command line changes.
     """
     try:
         saved_config = TrainConfig.from_dict(saved)
     except (ConfigError, TypeError) as error:
-        raise ConfigError(f"the checkpoint's config is not one this version reads: {error}")
+        raise ConfigError(f"the config stored in {source} is not one this version reads: {error}")
     asked = explicit_with_preset(explicit)
     conflicts = [
         f"{name}: checkpoint has {getattr(saved_config, name)!r}, this run asks for {value!r}"

@@ -57,7 +57,7 @@ def train(explicit: dict[str, Any]) -> int:
     if explicit.get("resume"):
         out = Path(explicit.get("out", TrainConfig.out))
         checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
-        config = resolve_resume(checkpoint["config"], explicit)
+        config = resolve_resume(checkpoint["config"], explicit, source=str(out / CHECKPOINT_NAME))
     else:
         config = resolve(explicit)
         existing = Path(config.out) / CHECKPOINT_NAME

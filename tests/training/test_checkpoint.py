@@ -43,6 +43,7 @@ def _bad_weight(payload):
     (_replace("rng", torch=torch.zeros(3, dtype=torch.uint8)), "its RNG state cannot be loaded"),
     (lambda p: {**p, "optimizer": {}}, "its optimizer state cannot be loaded"),
     (lambda p: {**p, "train_window": {"steps": 2}}, "training-loss window is damaged"),
+    (_replace("config", depth=-3), "is not one this version reads: --depth must be >= 1"),
 ])
 def test_damaged_checkpoint_is_a_setup_error(tmp_path, capsys, good, damage, message):
     torch.save(damage(good), tmp_path / CHECKPOINT_NAME)
