@@ -347,6 +347,9 @@ def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> Non
         if _shape(adj_mat) not in ((n, n), (b, n, n)):
             raise ValueError(f"adj_mat must have shape (nodes, nodes) = {(n, n)} or (batch, nodes, nodes) = {(b, n, n)}, got {_shape(adj_mat)}")
         _check_placement("adj_mat", adj_mat, ref, floating=False)
+        # any nonzero entry is a neighbour: NaN would count as one, silently
+        if model.check_inputs and adj_mat.is_floating_point() and bool(torch.isnan(adj_mat).any()):
+            raise ValueError("adj_mat holds NaN: entries are neighbours where nonzero (use a bool tensor, or 0/1)")
         if not needs_adjacency:
             warn_unused_adjacency("adj_mat", stacklevel=5)  # check_forward < forward < Module.__call__ (2)
     elif needs_adjacency:

@@ -108,6 +108,7 @@ FORWARD_CASES = {
     "adj_mat_wrong_batch": ("tokens", _set("adj_mat", chain_adjacency(N)[None].expand(3, N, N)), ValueError, ["adj_mat", "(2, 6, 6)", "(3, 6, 6)"]),
     "adj_mat_other_device": ("tokens", _set("adj_mat", chain_adjacency(N).to(meta)), ValueError, ["adj_mat", "meta"]),
     "adj_mat_missing": ("tokens", _set("adj_mat", None), ValueError, ["adj_mat", "required", "attend_sparse_neighbors"]),
+    "adj_mat_nan": ("tokens", _set("adj_mat", chain_adjacency(N).double().index_fill(0, torch.tensor([2]), float("nan"))), ValueError, ["adj_mat", "NaN"]),
     # edges
     "edges_token_too_large": ("tokens", lambda a: a["edges"].__setitem__((0, 1, 2), 3), ValueError, ["edges", "num_edge_tokens=3", "3]"]),
     "edges_token_negative": ("tokens", lambda a: a["edges"].__setitem__((0, 1, 2), -2), ValueError, ["edges", "num_edge_tokens=3", "-2"]),
