@@ -138,7 +138,7 @@ class EdgeGeometry:
         size = self.edge_chunk_size or self.num_edges
         return [self.edge_slice(a, min(a + size, self.num_edges)) for a in range(0, self.num_edges, size)]
 
-    def _rotation_block(self, start: int, stop: int, row_order: Tensor | None = None, scalar_rows: int = 0) -> Tensor:
+    def _rotation_block(self, start: int, stop: int, row_order: tuple[int, ...] | None = None, scalar_rows: int = 0) -> Tensor:
         """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
         to the order-major layout), after ``scalar_rows`` identity rows; built once per forward.
         One matrix is kept per degree range, with the most identity rows asked for so far: fewer
@@ -157,7 +157,7 @@ class EdgeGeometry:
             if row_order is None:
                 cached = block_diagonal(blocks)
             else:  # the rows after the identity ones permuted, in the same pass
-                order = torch.cat([torch.arange(scalar_rows), row_order.cpu() + scalar_rows])
+                order = (*range(scalar_rows), *(r + scalar_rows for r in row_order))
                 cached = permuted_block_diagonal(blocks, order)
             self._blocks[key] = cached
         skip = cached.shape[-1] - rows - scalar_rows

@@ -66,10 +66,11 @@ class FiberLayout:
                     order.extend(range(start, start + fiber[l]))
         self.order_index = torch.tensor(order)  # (F,) order-major slot -> degree-major position
         self.order_inverse = torch.argsort(self.order_index)  # degree-major position -> slot
-        # the same permutation on the rows (l, m), l >= 1, of the rotation group
+        # the same permutation on the rows (l, m), l >= 1, of the rotation group (plain ints: it
+        # only names the rows of a rotation matrix, see ``EdgeGeometry._rotation_block``)
         rows = [(l, m) for l in range(1, len(fiber)) for m in range(-l, l + 1)]
         order_rows = [(l, s * m) for m in range(len(fiber)) for s in ((1, -1) if m else (1,)) for l in range(max(m, 1), len(fiber))]
-        self.row_order = torch.tensor([rows.index(r) for r in order_rows], dtype=torch.long)
+        self.row_order = tuple(rows.index(r) for r in order_rows)
 
     def split(self, x: Tensor) -> list[Tensor]:
         """Every degree as a ``(N, 2l+1, C_l)`` view.  ``torch.split`` rather than slicing: its

@@ -143,7 +143,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn, self.ff = attn, ff
         # plain lists (not registered): the submodules, walked once here instead of by
-        # ``parameters()`` on every call (that walk was ~5 % of a 16-node training step)
+        # ``parameters()`` on every call (that walk was 4.4 % of a 16-node training step, cProfile)
         self._submodules = {"attn": list(attn.modules()), "ff": list(ff.modules())}
 
     def trainable(self, part: str) -> list[Tensor]:

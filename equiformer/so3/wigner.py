@@ -10,6 +10,7 @@ representation with parity ``(-1)^l``, i.e. ``Y(R x) = D(R) Y(x)`` still holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -79,22 +80,25 @@ def _wigner_chunk(lmax: int, r: Tensor) -> list[Tensor]:
     return blocks
 
 
-_BLOCK_INDEX: dict[tuple[int, ...], Tensor] = {}
+_GATHER_INDEX: dict[tuple, Tensor] = {}
 
 
-def block_diagonal_index(sizes: tuple[int, ...]) -> Tensor:
-    """Where each entry of the block-diagonal matrix of square blocks of ``sizes`` comes from in
-    ``[block_0.flatten(), block_1.flatten(), ..., 0]``: an ``(R, R)`` index (CPU), memoised in a
-    plain dict (``torch.compile`` traces through it, unlike ``functools.lru_cache``)."""
-    if sizes not in _BLOCK_INDEX:
+def _permuted_index(sizes: tuple[int, ...], row_order: tuple[int, ...], device: torch.device) -> Tensor:
+    """Where each entry of ``block_diagonal`` of square blocks of ``sizes``, rows permuted by
+    ``row_order``, comes from in ``[block_0.flatten(), block_1.flatten(), ..., 0]``: a flat
+    ``(R * R,)`` index on ``device``, made once per (sizes, order, device) and kept in a plain dict
+    (``torch.compile`` traces through it, unlike ``functools.lru_cache``); no per-forward rebuild
+    or host-to-device copy."""
+    key = (sizes, row_order, device)
+    if key not in _GATHER_INDEX:
         entries = sum(n * n for n in sizes)
         index = torch.full((sum(sizes), sum(sizes)), entries, dtype=torch.long)  # the 0 entry
         first = column = 0
         for n in sizes:
             index[first : first + n, first : first + n] = column + torch.arange(n * n).view(n, n)
             first, column = first + n, column + n * n
-        _BLOCK_INDEX[sizes] = index
-    return _BLOCK_INDEX[sizes]
+        _GATHER_INDEX[key] = index[list(row_order)].flatten().to(device)
+    return _GATHER_INDEX[key]
 
 
 def block_diagonal(blocks: list[Tensor]) -> Tensor:
@@ -110,14 +114,14 @@ def block_diagonal(blocks: list[Tensor]) -> Tensor:
     return out
 
 
-def permuted_block_diagonal(blocks: list[Tensor], row_order: Tensor) -> Tensor:
+def permuted_block_diagonal(blocks: list[Tensor], row_order: Sequence[int]) -> Tensor:
     """``block_diagonal(blocks)[..., row_order, :]`` as one gather from all block entries and a
     zero, without the intermediate matrix (its zero fill, block copies and row gather)."""
     batch = blocks[0].shape[:-2]
-    flat = torch.cat([b.reshape(*batch, b.shape[-1] ** 2) for b in blocks] + [blocks[0].new_zeros(*batch, 1)], dim=-1)
-    index = block_diagonal_index(tuple(b.shape[-1] for b in blocks)).to(flat.device)  # (R, R)
-    index = index.index_select(0, row_order.to(flat.device))
-    return flat.index_select(-1, index.flatten()).view(*batch, *index.shape)
+    sizes = tuple(b.shape[-1] for b in blocks)
+    flat = torch.cat([b.reshape(*batch, n * n) for b, n in zip(blocks, sizes)] + [blocks[0].new_zeros(*batch, 1)], dim=-1)
+    index = _permuted_index(sizes, tuple(int(r) for r in row_order), flat.device)  # (R' * R,)
+    return flat.index_select(-1, index).view(*batch, len(row_order), sum(sizes))
 
 
 def wigner_D_block_diagonal(lmax: int, rotation: Tensor) -> Tensor:
