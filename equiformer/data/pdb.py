@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import re
 import warnings
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -89,7 +90,9 @@ def read_structure(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be parsed or has no atoms; the message names the file.
+        ValueError: the file cannot be parsed, has no atoms, or (PDB format) a backbone atom
+            of the first model has a coordinate field that is not a number; the message names
+            the file.
     """
     gemmi = _import_gemmi()
     path = Path(path)
@@ -159,6 +162,8 @@ def _parse(gemmi, path: Path):
             f"Cannot parse structure file {path}: it is empty (no mmCIF data block; "
             "an interrupted download?)"
         )
+    if _is_pdb_format(path):
+        _check_pdb_coordinates(path)
     try:
         return gemmi.read_structure(str(path))
     except _PARSE_ERRORS as error:
@@ -171,6 +176,38 @@ def _parse(gemmi, path: Path):
         return gemmi.read_pdb(str(path), max_line_length=72)
     except _PARSE_ERRORS:
         raise ValueError(f"Cannot parse structure file {path}: {first_error}") from first_error
+
+
+_COORDINATE_COLUMNS = (("x", 30, 38), ("y", 38, 46), ("z", 46, 54))
+_BACKBONE_NAMES = frozenset(name.encode() for name in BACKBONE_ATOMS)
+# what gemmi's number reader reads in full; it stops early at anything else ("1_000" -> 1)
+_NUMBER = re.compile(rb"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
+
+
+def _check_pdb_coordinates(path: Path) -> None:
+    """Refuse a backbone atom of the first model whose coordinate field is not a number.
+
+    gemmi reads such a field as 0, or as its leading number ("1.2.3" as 1.2), so a corrupted
+    file would silently move atoms.  Only the atoms this module reads are checked.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.startswith(b"ENDMDL"):
+                    return
+                if not line.startswith((b"ATOM", b"HETATM")) or line[12:16].strip() not in _BACKBONE_NAMES:
+                    continue
+                for axis, start, stop in _COORDINATE_COLUMNS:
+                    field = line[start:stop]
+                    if not _NUMBER.fullmatch(field):
+                        raise ValueError(
+                            f"Cannot parse structure file {path}: line {number}: atom "
+                            f"{line[12:16].strip().decode(errors='replace')} has {field.decode(errors='replace')!r} "
+                            f"as its {axis} coordinate (columns {start + 1}-{stop} must hold a number)"
+                        )
+    except (OSError, EOFError, zlib.error):
+        return  # unreadable as text (bad gzip ...): gemmi names the problem
 
 
 def _has_cif_content(path: Path) -> bool:
@@ -186,7 +223,7 @@ def _has_cif_content(path: Path) -> bool:
                 stripped = line.strip()
                 if stripped and not stripped.startswith(b"#"):
                     return True
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return True
     return False
 

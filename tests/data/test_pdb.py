@@ -183,7 +183,10 @@ def test_folder_walk_skips_and_names_malformed_files(tmp_path, few_chains):
     assert str(empty) in str(error.value)
 
 
-def test_folder_errors_name_the_path(tmp_path):
+@pytest.mark.parametrize("junk", ["junk.pdb.gz", "junk.cif.gz"])
+def test_folder_errors_name_the_path(tmp_path, junk):
+    """A corrupt gzip stream is a ValueError naming the file (it escaped as zlib.error from
+    the mmCIF emptiness check and ended the whole folder walk)."""
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_structure_dir(missing)
@@ -191,8 +194,10 @@ def test_folder_errors_name_the_path(tmp_path):
         read_structure(missing / "x.pdb")
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
-    (only_bad / "junk.pdb.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
-    with pytest.warns(UserWarning, match="junk.pdb.gz"):
+    (only_bad / junk).write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    with pytest.raises(ValueError, match=junk):
+        read_structure(only_bad / junk)
+    with pytest.warns(UserWarning, match=junk):
         with pytest.raises(ValueError, match="only_bad"):
             load_structure_dir(only_bad)
 
@@ -242,3 +247,28 @@ def test_gzip_and_plain_give_identical_records(tmp_path, few_chains):
     [b] = read_structure(tmp_path / "5abc_A.pdb.gz")
     np.testing.assert_array_equal(a.coords, b.coords)
     assert a.sequence == b.sequence == few_chains[2].sequence
+
+
+@pytest.mark.parametrize("field", ["     abc", "  1.2.3 ", "        ", " 12.5-3 ", " 1_000  ", "   nan  "])
+@pytest.mark.parametrize("gz", [False, True])
+def test_malformed_pdb_coordinate_is_an_error_naming_file_and_line(tmp_path, clean_chain, field, gz):
+    """gemmi reads a PDB coordinate field it cannot parse as 0 (or as its leading number), which
+    would silently move the atom; such a file must be refused, naming where the field is."""
+    lines = backbone_to_pdb(clean_chain.coords, clean_chain.sequence).splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("ATOM") and line[12:16].strip() == "CA")
+    lines[index] = lines[index][:38] + field + lines[index][46:]  # the y column
+    path = _write_text(tmp_path / ("4bad_A.pdb.gz" if gz else "4bad_A.pdb"), "\n".join(lines) + "\nEND\n")
+    with pytest.raises(ValueError, match=rf"{path}: line {index + 1}: .*CA.* y coordinate"):
+        read_structure(path)
+
+
+def test_coordinates_of_other_atoms_and_later_models_are_not_checked(tmp_path, clean_chain):
+    """Only the atoms read (backbone, first model) must have numbers: a side-chain atom or a
+    second model with a broken field does not cost the chain."""
+    lines = backbone_to_pdb(clean_chain.coords, clean_chain.sequence).splitlines()
+    atoms = [line for line in lines if line.startswith("ATOM")]
+    side = atoms[0][:12] + " CB " + atoms[0][16:30] + "     abc" + atoms[0][38:]
+    model_two = [line[:30] + "     abc" + line[38:] for line in atoms]
+    text = "\n".join(["MODEL        1", side, *lines, "ENDMDL", "MODEL        2", *model_two, "ENDMDL", "END"])
+    [chain] = read_structure(_write_text(tmp_path / "4oka_A.pdb", text + "\n"))
+    _assert_same_chain(chain, clean_chain)
