@@ -173,6 +173,14 @@ def write_train_record(session: Session, lr: float, grad_norm: float, started: f
         session.window = TrainWindow()
 
 
+def save_timed(session: Session, started: float) -> float:
+    """``save`` with the run time since ``started`` added; returns the new start."""
+    now = time.perf_counter()
+    session.elapsed += now - started
+    save(session)
+    return now
+
+
 def fit(session: Session, stop: StopRequest) -> str:
     """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted.
 
@@ -221,11 +229,11 @@ def fit(session: Session, stop: StopRequest) -> str:
                                    partial=not full_record)
             session.validation_due = session.step % config.val_every == 0 or last
             if session.validation_due and not interrupted:
+                if signalled > 0:  # a second Ctrl-C aborts the validation: keep this step first
+                    started = save_timed(session, started)
                 validate(session)
             if interrupted or session.step == end or session.step % config.checkpoint_every == 0:
-                session.elapsed += time.perf_counter() - started
-                started = time.perf_counter()
-                save(session)
+                started = save_timed(session, started)
             if interrupted:
                 status = "interrupted"
                 break

@@ -217,3 +217,27 @@ def test_old_checkpoint_of_a_run_missing_its_final_validation(tmp_path):
     assert [s for s, _ in val_records(tmp_path)] == [2]
     assert run_inline(tmp_path, "--resume") == 0  # done now: not validated again
     assert [s for s, _ in val_records(tmp_path)] == [2]
+
+
+def sigint() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_second_ctrl_c_during_the_final_validation_keeps_the_trained_steps(tmp_path, monkeypatch):
+    """Ctrl-C in the last step lets the final validation run; a second Ctrl-C aborts it.  The
+    trained last step must already be saved (the last checkpoint was step 2), with its
+    validation due, so --resume only validates."""
+    import equiformer.training.loop as loop
+
+    kill_after(monkeypatch, 5, sigint)
+    validate = loop.validate
+    monkeypatch.setattr(loop, "validate", lambda session: sigint())  # the second Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        run_inline(tmp_path, "--steps", "5", "--checkpoint-every", "2", "--val-every", "100")
+    monkeypatch.undo()
+    saved = checkpoint(tmp_path)
+    assert (saved["step"], saved["validation_due"]) == (5, True)
+    assert loop.validate is validate
+    assert run_inline(tmp_path, "--resume") == 0
+    assert [s for s, _ in val_records(tmp_path)] == [5]
+    assert checkpoint(tmp_path)["validation_due"] is False
