@@ -119,6 +119,30 @@ def _best_per_receiver(dst: Tensor, score: Tensor, k: float) -> Tensor:
     return order[rank < k]
 
 
+def k_nearest(dist: Tensor, k: int, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``topk(k, largest=False)`` along the last dimension, except that among candidates tied
+    at the k-th distance the lowest ``ids`` win (default: the column index), so the chosen set
+    does not depend on the row's length, padding or candidate order.  ``ids``: same shape as
+    ``dist``.  Returns (values, slots), nearest first.
+
+    Only rows with a tie across the k-th place (rare off lattices) are sorted in full."""
+    width = dist.shape[-1]
+    if k == 0 or k >= width:
+        return dist.topk(min(k, width), dim=-1, largest=False)
+    more, slot = dist.topk(k + 1, dim=-1, largest=False)  # one more, to see a tie at the boundary
+    values, slot = more[..., :k].contiguous(), slot[..., :k].contiguous()
+    tied = (more[..., k - 1] == more[..., k]) & torch.isfinite(more[..., k])
+    if bool(tied.any()):
+        rows = tied.nonzero(as_tuple=True)
+        row_dist = dist[rows]  # (T, width)
+        by_id = torch.argsort(ids[rows], dim=-1, stable=True) if ids is not None else None
+        keyed = row_dist if by_id is None else row_dist.gather(-1, by_id)
+        best = torch.argsort(keyed, dim=-1, stable=True)[..., :k]  # nearest, lowest id first on ties
+        best = best if by_id is None else by_id.gather(-1, best)
+        values[rows], slot[rows] = row_dist.gather(-1, best), best
+    return values, slot
+
+
 def _no_edges(device: torch.device) -> tuple[Tensor, Tensor]:
     """An empty ``(dst, src)`` edge list."""
     empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -126,6 +150,7 @@ def _no_edges(device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 GRID_MIN_NODES = 2048
+_GRID_MAX_K_FRACTION = 8  # the grid search only for k < n / 8
 _GRID_PASSES = 8  # cell sizes h .. 128 h; nodes still unresolved then are searched exhaustively
 
 
@@ -191,7 +216,10 @@ def positions_in_graphs(graph_index: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements) -> tuple[Tensor, Tensor]:
-    if num_neighbors != INF and pos.shape[1] >= GRID_MIN_NODES:
+    n = pos.shape[1]
+    # a k near n (or above it: every neighbour) makes the grid's cells hold whole graphs, each
+    # compared with 27 padded copies of itself; the exhaustive search is then the cheaper one
+    if n >= GRID_MIN_NODES and num_neighbors * _GRID_MAX_K_FRACTION < n:
         return grid_knn_edges(pos, mask, int(num_neighbors), valid_radius, exclude, chunk_elements)
     return brute_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
 
@@ -302,7 +330,7 @@ def brute_knn_edges(
         if num_neighbors == INF or num_neighbors >= n - 1:
             bi, i, j = (torch.isfinite(dist) & (dist <= valid_radius)).nonzero(as_tuple=True)
         else:
-            values, j_idx = dist.topk(int(num_neighbors), dim=-1, largest=False)  # (B, s, k)
+            values, j_idx = k_nearest(dist, int(num_neighbors))  # (B, s, k)
             bi, i, slot = (torch.isfinite(values) & (values <= valid_radius)).nonzero(as_tuple=True)
             j = j_idx[bi, i, slot]
         out_dst.append(bi * n + i + start)
@@ -320,7 +348,7 @@ def _nearest_in_rows(dist: Tensor, cand: Tensor, k: float, radius: float) -> tup
     """Rows of candidate distances ``(Q, M)`` (inf = not a candidate) -> (row, candidate id) of
     the ``k`` nearest within ``radius`` in each row."""
     if k != INF and k < dist.shape[1]:
-        dist, slot = dist.topk(int(k), dim=1, largest=False)
+        dist, slot = k_nearest(dist, int(k), cand)
         cand = cand.gather(1, slot)
     row, col = (torch.isfinite(dist) & (dist <= radius)).nonzero(as_tuple=True)
     return row, cand[row, col]
@@ -385,11 +413,12 @@ def grid_knn_edges(
 
     The cell size ``h`` starts at 1.5x the median k-th neighbour distance of a fixed sample of
     nodes (or ``valid_radius`` if smaller).  A node's result is provably exact when its k-th
-    neighbour lies within ``h`` or when ``valid_radius <= h``.  The nodes where neither holds
-    (sparse regions, e.g. the halo around a dense core) are searched again on grids twice as
-    coarse, until none is left or the cells outgrow the graphs; what remains then (graphs with
-    fewer than k other nodes) is searched exhaustively.  Excluded pairs are handled by searching
-    a few more neighbours and dropping them.
+    neighbour lies within ``h`` or when ``valid_radius <= h`` (both less a margin for rounding).
+    The nodes where neither holds (sparse regions, e.g. the halo around a dense core) are searched
+    again on grids twice as coarse, until none is left or the cells outgrow the graphs; what
+    remains then (graphs with fewer than k other nodes) is searched exhaustively.  Excluded pairs
+    are handled by searching a few more neighbours and dropping them.  Ties are broken as in the
+    exhaustive search (``k_nearest``), so both give the same edges.
     """
     b, n, _ = pos.shape
     device = pos.device
@@ -410,22 +439,29 @@ def grid_knn_edges(
     kth = torch.zeros(size, dtype=pos.dtype, device=device).scatter_reduce(
         0, sd, torch.linalg.vector_norm(flat[sd] - flat[ss], dim=-1), "amax"
     )[sample]
-    h = float(kth.median()) * 1.5 if kth.numel() else 1.0
-    h = max(min(h, radius), 1e-12)
     lo = torch.full((b, 3), INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amin")
     hi = torch.full((b, 3), -INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amax")
     extent = float(torch.where(torch.isfinite(hi - lo), hi - lo, 0).max())  # widest side of any graph
+    # cells are found in float64 (in float32 a graph spanning 1e5 put points up to 2 cells off);
+    # a result counts as exact only with a margin for the rounding of cells and of distances
+    span = extent + float(torch.where(torch.isfinite(lo), lo.abs(), 0).max())
 
+    def margin(size: float) -> float:
+        return 16 * (torch.finfo(p.dtype).eps * size + torch.finfo(torch.float64).eps * span)
+
+    largest = radius + 2 * margin(radius) if radius != INF else INF  # cells this wide see the radius
+    h = float(kth.median()) * 1.5 if kth.numel() else 1.0
+    h = max(min(h, largest), 1e-12)
     out_dst, out_src = [], []
     pending = torch.ones(p.shape[0], dtype=torch.bool, device=device)
     for _ in range(_GRID_PASSES):
-        d, s, pending = _grid_pass(p, graph, lo, h, pending, want, radius, chunk_elements)
+        d, s, pending = _grid_pass(p, graph, lo, h, pending, want, radius, chunk_elements, margin(h))
         out_dst.append(d)
         out_src.append(s)
         # cells wider than every graph hold whole graphs: nothing a coarser grid could add
-        if not bool(pending.any()) or h >= radius or h > extent:
+        if not bool(pending.any()) or h >= largest or h > extent:
             break
-        h = min(2 * h, radius)
+        h = min(2 * h, largest)
     dst, src = nodes[torch.cat(out_dst)], nodes[torch.cat(out_src)]
     rest = pending.nonzero().flatten()
     if rest.numel():
@@ -433,9 +469,12 @@ def grid_knn_edges(
         dst, src = torch.cat([dst, d]), torch.cat([src, s])
     if ex is None:
         return dst, src
-    # drop excluded pairs, then keep the k nearest of what remains
+    # drop excluded pairs, then keep the k nearest of what remains (ties: lowest id first, as
+    # the stable selection keeps this order among equal distances)
     keep = ~torch.isin(pair_key(dst, src, size), ex)
     dst, src = dst[keep], src[keep]
+    by_id = torch.argsort(src, stable=True)
+    dst, src = dst[by_id], src[by_id]
     best = _best_per_receiver(dst, torch.linalg.vector_norm(flat[src] - flat[dst], dim=-1), k)
     return dst[best], src[best]
 
@@ -453,14 +492,16 @@ def _cell_table(cell_of: Tensor, ids: Tensor, dummy: int) -> tuple[Tensor, Tenso
 
 
 def _grid_pass(
-    p: Tensor, graph: Tensor, lo: Tensor, h: float, pending: Tensor, want: int, radius: float, chunk_elements: int
+    p: Tensor, graph: Tensor, lo: Tensor, h: float, pending: Tensor, want: int, radius: float, chunk_elements: int,
+    slack: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One grid of cell size ``h`` over all points ``p`` (P, 3) of graphs ``graph`` (P,) whose
     lower corners are ``lo`` (B, 3); only the ``pending`` (P,) points are queried.  Returns
-    (dst, src) in point ids for the queries whose result is provably exact, and the new pending
-    mask (queries that need a coarser grid)."""
+    (dst, src) in point ids for the queries whose result is provably exact (what they must find
+    lies within ``h - slack`` of them, ``slack`` covering rounding), and the new pending mask
+    (queries that need a coarser grid)."""
     device = p.device
-    cell = torch.floor((p - lo[graph]) / h).long() + 1  # (P, 3), >= 1 so neighbours stay >= 0
+    cell = torch.floor((p.double() - lo[graph].double()) / h).long() + 1  # (P, 3), >= 1 so neighbours stay >= 0
     dims = (cell.max(0).values + 2).tolist()
 
     def key_of(g: Tensor, c: Tensor) -> Tensor:
@@ -492,11 +533,11 @@ def _grid_pass(
         invalid = (cand == dummy)[:, None, :] | (cand[:, None, :] == query[:, :, None])
         dist = dist.masked_fill(invalid, INF)
         take = min(want, dist.shape[-1])
-        values, slot = dist.topk(take, dim=-1, largest=False)  # (Q, W, want), nearest first
+        values, slot = k_nearest(dist, take, cand[:, None, :].expand_as(dist))  # (Q, W, want), nearest first
         found = cand.gather(1, slot.reshape(rows.numel(), -1)).view_as(slot)
         real = query != dummy  # (Q, W)
         within = torch.isfinite(values) & (values <= radius)
-        exact = (radius <= h) | (within.sum(-1) >= want) & (values[..., -1] <= h)
+        exact = (radius <= h - slack) | (within.sum(-1) >= want) & (values[..., -1] <= h - slack)
         unresolved.append(query[real & ~exact])
         qi, qj, slot_i = (within & (real & exact)[..., None]).nonzero(as_tuple=True)
         out_dst.append(query[qi, qj])

@@ -130,6 +130,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         )
     if config["num_neighbors"] == 0 and not config["attend_sparse_neighbors"]:
         raise ValueError("num_neighbors=0 leaves nothing to attend to unless attend_sparse_neighbors=True")
+    if config["num_neighbors"] == 0 and config["max_sparse_neighbors"] == 0:
+        raise ValueError("num_neighbors=0 with max_sparse_neighbors=0 leaves nothing to attend to (no edges at all)")
     if config["adj_dim"] > 0 and config["num_adj_degrees_embed"] is None:
         raise ValueError(
             f"adj_dim={config['adj_dim']} embeds hop distances, which needs num_adj_degrees_embed >= 1, got None"

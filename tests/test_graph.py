@@ -242,3 +242,80 @@ def test_packed_search_equals_padded_search_in_any_node_order():
         reference = knn_edges(pos, mask, k, radius, ex_flat, by_size=False)
         assert set(zip(flat[dst].tolist(), flat[src].tolist())) == set(zip(*map(torch.Tensor.tolist, reference)))
         assert dst.numel() > 0
+
+
+def _edge_set(edges):
+    return set(zip(*map(torch.Tensor.tolist, edges)))
+
+
+def _lattice(side: int, dtype=torch.float64) -> torch.Tensor:
+    """Points of an integer lattice: many exactly equal neighbour distances."""
+    axis = torch.arange(float(side), dtype=dtype)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+
+
+def test_ties_are_broken_by_position_so_padding_does_not_change_the_edges():
+    """Among equally distant candidates the one earlier in its graph wins, whatever the padded
+    width, holes in the mask or search path (topk's choice among ties depended on them)."""
+    pos = _lattice(3)  # 27 nodes
+    n = pos.shape[1]
+    for k in (1, 4, 7):
+        plain = _edge_set(knn_edges(pos, torch.ones(1, n, dtype=torch.bool), k, INF))
+        for pad, hole in [(3, None), (5, 0), (5, 13), (40, 26)]:
+            width = n + pad
+            real = torch.ones(width, dtype=torch.bool)
+            real[n:] = False
+            if hole is not None:  # move the padding slot in front of node `hole`
+                real = torch.cat([real[:hole], torch.tensor([False]), real[hole : width - 1]])
+            padded = torch.zeros(1, width, 3, dtype=pos.dtype)
+            padded[0, real] = pos[0]
+            rank = torch.full((width,), -1)
+            rank[real] = torch.arange(n)
+            dst, src = knn_edges(padded, real[None], k, INF, by_size=False)
+            assert {(rank[d].item(), rank[s].item()) for d, s in zip(dst.tolist(), src.tolist())} == plain, (k, pad, hole)
+        # and the lowest positions win: node 13 (the centre) has 6 nearest at distance 1
+        first = sorted(s for d, s in plain if d == 13)
+        assert first == sorted([4, 10, 12, 14, 16, 22])[:k] if k <= 6 else len(first) == k
+
+
+def test_grid_search_breaks_ties_like_the_exhaustive_search():
+    from equiformer.graph import brute_knn_edges, grid_knn_edges
+
+    pos = _lattice(13)[:, :2100]  # grid-sized, every distance tied many times
+    mask = torch.ones(1, pos.shape[1], dtype=torch.bool)
+    mask[0, 500:520] = False
+    exclude = (torch.arange(0, 300), torch.arange(1, 301))
+    for k in (1, 5, 8):
+        for ex in (None, exclude):
+            assert _edge_set(grid_knn_edges(pos, mask, k, INF, ex)) == _edge_set(brute_knn_edges(pos, mask, k, INF, ex)), (k, ex is None)
+
+
+def test_grid_cells_are_exact_for_float32_graphs_with_far_outliers():
+    """Cell indices of a float32 graph spanning 1e5 with 0.01 spacing: rounding in the input
+    dtype put points up to 2 cells off, and true neighbours were missed."""
+    from equiformer.graph import brute_knn_edges
+
+    g = torch.Generator().manual_seed(23)
+    n, k = 2048, 6
+    pos = torch.rand(1, n, 3, generator=g, dtype=torch.float64) * 0.1
+    pos[0, :40] = torch.randn(40, 3, generator=g, dtype=torch.float64) * 1e5
+    pos, mask = pos.float(), torch.ones(1, n, dtype=torch.bool)
+    flat = pos[0].double()
+
+    def kth(edges):
+        d, s = edges
+        return torch.zeros(n, dtype=torch.float64).scatter_reduce(0, d, (flat[s] - flat[d]).norm(dim=-1), "amax")
+
+    excess = kth(knn_edges(pos, mask, k, INF)) - kth(brute_knn_edges(pos, mask, k, INF))
+    assert excess[40:].max() < 1e-6
+
+
+def test_huge_finite_num_neighbors_is_all_neighbours():
+    """A k above the graph size is every neighbour, on any graph size (it overflowed an int64
+    comparison on grid-sized graphs, and took ~10x the memory of k = inf)."""
+    g = torch.Generator().manual_seed(3)
+    pos = torch.rand(1, 2100, 3, generator=g, dtype=torch.float64) * 10
+    mask = torch.ones(1, 2100, dtype=torch.bool)
+    every = _edge_set(knn_edges(pos, mask, INF, 0.6))
+    for k in (1e300, 10**20, 2099):
+        assert _edge_set(knn_edges(pos, mask, k, 0.6)) == every

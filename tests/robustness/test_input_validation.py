@@ -243,6 +243,10 @@ CONSTRUCTOR_CASES = {
     "heads_zero": (dict(heads=0), ValueError, ["heads", ">= 1"]),
     "dim_head_not_numbers": (dict(dim_head="2"), TypeError, ["dim_head", "'2'"]),
     "num_neighbors_zero_without_sparse": (dict(num_neighbors=0), ValueError, ["num_neighbors=0", "attend_sparse_neighbors"]),
+    "no_neighbours_of_any_kind": (
+        dict(num_neighbors=0, attend_sparse_neighbors=True, max_sparse_neighbors=0), ValueError,
+        ["num_neighbors=0", "max_sparse_neighbors=0"],
+    ),
     "num_neighbors_negative": (dict(num_neighbors=-1), ValueError, ["num_neighbors", "-1"]),
     "num_neighbors_fractional": (dict(num_neighbors=2.5), TypeError, ["num_neighbors", "2.5"]),
     "max_sparse_neighbors_negative": (dict(max_sparse_neighbors=-2), ValueError, ["max_sparse_neighbors", "-2"]),
