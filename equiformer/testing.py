@@ -96,21 +96,44 @@ def equivariance_errors(
     kwargs: dict | None = None,
     kwarg_kinds: dict[str, Kind] | None = None,
 ) -> list[float]:
-    """``max |f(g x) - g f(x)| / max |f(x)|`` for every output (``nan`` for ``None`` outputs)."""
+    """``max |f(g x) - g f(x)| / max |f(x)|`` for every output: ``nan`` for ``None`` outputs, ``inf``
+    where either call gives a non-finite value.
+
+    ``fn`` returns a sequence of outputs, a single tensor (one output), or a model's ``Return``
+    (every degree it holds, ``type0, type1, type2...``); ``in_kinds`` has one kind per entry of
+    ``args`` and ``out_kinds`` one per output, else ``ValueError``."""
+    if len(in_kinds) != len(args):
+        raise ValueError(f"in_kinds has {len(in_kinds)} kinds for {len(args)} args; give one per argument (None: untouched)")
     kwargs, kwarg_kinds = dict(kwargs or {}), dict(kwarg_kinds or {})
-    base = fn(*args, **kwargs)
+    base = _outputs(fn(*args, **kwargs), out_kinds)
     moved_args = [transform(a, k, rotation, translation) for a, k in zip(args, in_kinds)]
     moved_kwargs = {k: transform(v, kwarg_kinds.get(k), rotation, translation) for k, v in kwargs.items()}
-    moved = fn(*moved_args, **moved_kwargs)
+    moved = _outputs(fn(*moved_args, **moved_kwargs), out_kinds)
     errors = []
     for y, y_moved, kind in zip(base, moved, out_kinds):
         if y is None:
             errors.append(float("nan"))
             continue
+        if y_moved is None or not (torch.isfinite(y).all() and torch.isfinite(y_moved).all()):
+            errors.append(float("inf"))
+            continue
         expected = transform(y, kind, rotation, translation)
         scale = y.detach().abs().max().clamp(min=torch.finfo(y.dtype).tiny)
         errors.append(((y_moved - expected).detach().abs().max() / scale).item())
     return errors
+
+
+def _outputs(value, out_kinds: Sequence[Kind]) -> list:
+    """``fn``'s result as a list of outputs, as many as ``out_kinds``."""
+    if isinstance(value, Tensor):
+        outputs = [value]
+    elif hasattr(value, "degrees"):  # a model's Return: (type0, type1) as a tuple, but all degrees
+        outputs = [value.degrees[l] for l in sorted(value.degrees)]
+    else:
+        outputs = list(value)
+    if len(outputs) != len(out_kinds):
+        raise ValueError(f"fn returned {len(outputs)} outputs but out_kinds has {len(out_kinds)} kinds; give one per output")
+    return outputs
 
 
 def assert_equivariant(
@@ -141,7 +164,7 @@ def assert_equivariant(
     errors = equivariance_errors(fn, args, in_kinds, out_kinds, rotation, translation, kwargs, kwarg_kinds)
     tol = tolerance if tolerance is not None else default_tolerance(dtype)
     for i, (err, kind) in enumerate(zip(errors, out_kinds)):
-        if err == err and err > tol:  # skip nan (absent outputs)
+        if err == err and err > tol:  # nan: an absent output; inf (non-finite values) fails
             raise AssertionError(f"output {i} (kind {kind!r}) breaks equivariance: relative error {err:.3e} > {tol:.1e}")
     return errors
 
