@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .nn.transforms import functorch_transform_active
+
 INF = float("inf")
 
 
@@ -100,12 +102,19 @@ def cap_neighbors(dst: Tensor, hop: Tensor, cap: float) -> Tensor:
     """Boolean keep-mask allowing at most ``cap`` edges per receiver.
 
     Lower hop counts go first (direct bonds before 2-hop pairs); ties are broken at random with
-    torch's global generator, so the choice is reproducible under ``torch.manual_seed``.
+    torch's global generator, so the choice is reproducible under ``torch.manual_seed``.  Under a
+    ``torch.func`` transform (``hessian`` runs the forward under vmap, which refuses random
+    calls) ties take a fixed pseudo-random order of the edges instead.
     """
     if cap == INF or dst.numel() == 0 or torch.bincount(dst).max() <= cap:
         return torch.ones_like(dst, dtype=torch.bool)
     keep = torch.zeros_like(dst, dtype=torch.bool)
-    priority = hop.to(torch.float64) + torch.rand(dst.shape, dtype=torch.float64, device=dst.device)
+    if functorch_transform_active():
+        edge = torch.arange(dst.numel(), dtype=torch.float64, device=dst.device)
+        tie = torch.frac(edge * 0.6180339887498949)  # golden-ratio sequence: spread over [0, 1)
+    else:
+        tie = torch.rand(dst.shape, dtype=torch.float64, device=dst.device)
+    priority = hop.to(torch.float64) + tie
     keep[_best_per_receiver(dst, priority, cap)] = True
     return keep
 

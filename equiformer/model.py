@@ -6,6 +6,7 @@ never enters the computation and no ``n x n`` feature tensor is made.
 """
 from __future__ import annotations
 
+import copy
 from collections import namedtuple
 from typing import Sequence
 
@@ -26,7 +27,7 @@ from .nn.reversible import Block, BlockSequence
 from .nn.scatter import segment_sum
 from .nn.transforms import functorch_transform_active
 from .packing import sparse_edge_lookup, sparse_pairs
-from .validation import check_config, check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
+from .validation import check_config, plain_config, check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -119,7 +120,7 @@ class Equiformer(nn.Module):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_config(config)
         super().__init__()
-        self._config = config
+        self._config = plain_config(config)  # a private copy in plain Python types
         self.check_inputs = check_inputs  # value checks of forward inputs (a host sync); see validation
 
         self.dim = as_fiber(dim, num_degrees, "dim")
@@ -194,7 +195,7 @@ class Equiformer(nn.Module):
         """The constructor keywords, all of them, as a plain dict: save it next to the
         ``state_dict`` (it loads with ``torch.load(weights_only=True)``) and rebuild the model
         with ``Equiformer.from_config``."""
-        return dict(self._config)
+        return copy.deepcopy(self._config)
 
     @classmethod
     def from_config(cls, config: dict) -> "Equiformer":

@@ -45,6 +45,25 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
 
 
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked config in plain Python types (numpy numbers to int/float/bool; lists and tuples
+    copied): loadable with ``torch.load(weights_only=True)`` and JSON, and not aliased to the
+    caller's objects."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, Integral):
+            return int(value)
+        if isinstance(value, Real):
+            return float(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(v) for v in value)
+        return value
+
+    return {name: plain(value) for name, value in config.items()}
+
+
 def _check_int(config: Mapping[str, Any], name: str, minimum: int, optional: bool = False) -> None:
     value = config[name]
     if optional and value is None:

@@ -113,3 +113,47 @@ def test_torch_func_forces_and_hessian(overrides):
     reference = torch.stack(rows)
     assert reference.abs().max() > 1e-3
     assert (hessian - reference).abs().max() <= 1e-10 * reference.abs().max()
+
+
+def test_hessian_with_a_capped_adjacency():
+    """``max_sparse_neighbors`` breaks ties between bonds at random, which vmap (inside
+    ``torch.func.hessian``) refuses; under a transform the ties take a fixed order instead."""
+    from equiformer import Equiformer
+
+    torch.manual_seed(0)
+    n = 8
+    model = Equiformer(dim=8, num_degrees=2, heads=1, dim_head=4, depth=1, attend_sparse_neighbors=True,
+                       num_neighbors=0, max_sparse_neighbors=1).double()
+    feats, coors = torch.randn(1, n, 8, dtype=torch.float64), torch.randn(1, n, 3, dtype=torch.float64)
+    i = torch.arange(n)
+    chain = (i[:, None] - i[None]).abs() == 1  # inner nodes have 2 bonds, above the cap of 1
+
+    def energy(x):
+        return model(feats, x, adj_mat=chain).type0.pow(2).sum()
+
+    first = torch.func.hessian(energy)(coors).reshape(3 * n, 3 * n)
+    assert torch.isfinite(first).all() and first.abs().max() > 0
+    assert (first - first.T).abs().max() <= 1e-10 * first.abs().max()
+    assert torch.equal(torch.func.hessian(energy)(coors).reshape(3 * n, 3 * n), first)
+
+
+@pytest.mark.parametrize("tensor_product", ["so2", "cg"])
+def test_hessian_twice_in_a_fresh_process(tensor_product):
+    """Constants cached on first use (layouts, rotation gather indices, Clebsch-Gordan tensors)
+    were wrapped tensors when that first use was inside ``torch.func.hessian``: the second call
+    failed with an internal 'escaped' assert.  A fresh process, so no earlier test warms them."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from equiformer import Equiformer
+torch.manual_seed(0)
+model = Equiformer(dim=(8, 5), num_degrees=2, heads=1, dim_head=4, depth=1, tensor_product={tensor_product!r}).double()
+feats, coors = torch.randn(1, 6, 8, dtype=torch.float64), torch.randn(1, 6, 3, dtype=torch.float64)
+energy = lambda x: model(feats, x).type0.pow(2).sum()
+first, second = torch.func.hessian(energy)(coors), torch.func.hessian(energy)(coors)
+assert torch.equal(first, second) and first.abs().max() > 0
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

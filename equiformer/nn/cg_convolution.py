@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..so3 import clebsch_gordan
+from ..so3.constants import outside_transforms
 from .fiber import Fiber, layout
 from .so2_convolution import SO2Convolution
 
@@ -54,11 +55,15 @@ class CGConvolution(nn.Module):
     def couplings(self, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
         key = (dtype, device)
         if key not in self._couplings:
-            self._couplings[key] = [
-                (clebsch_gordan(li, lf, lo, dtype=torch.float64) * math.sqrt(2 * lo + 1)).to(dtype=dtype, device=device)
-                for li, lf, lo in self.paths
-            ]
+            with outside_transforms():  # kept for later calls: plain tensors, even under torch.func
+                self._couplings[key] = self._make_couplings(dtype, device)
         return self._couplings[key]
+
+    def _make_couplings(self, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+        return [
+            (clebsch_gordan(li, lf, lo, dtype=torch.float64) * math.sqrt(2 * lo + 1)).to(dtype=dtype, device=device)
+            for li, lf, lo in self.paths
+        ]
 
     def forward(self, x: Tensor, sh: Tensor, scale: Tensor | None = None) -> Tensor:
         lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)

@@ -8,17 +8,20 @@ that let layers act on all degrees with a handful of tensor ops instead of Pytho
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ..so3.constants import outside_transforms
 
 Fiber = tuple[int, ...]
 
 
 def as_fiber(dims: int | Sequence[int], num_degrees: int, name: str) -> Fiber:
     """Broadcast an int to every degree, or check a per-degree tuple; names ``name`` on error."""
-    if isinstance(dims, int):
+    if isinstance(dims, Integral):  # numpy integers too
         dims = (dims,) * num_degrees
     dims = tuple(int(d) for d in dims)
     if len(dims) != num_degrees:
@@ -90,7 +93,8 @@ def layout(fiber: Fiber) -> FiberLayout:
     ``torch.compile`` traces through it without warnings about cache wrappers."""
     fiber = tuple(fiber)
     if fiber not in _LAYOUTS:
-        _LAYOUTS[fiber] = FiberLayout(fiber)
+        with outside_transforms():  # kept for every later call, so plain tensors only
+            _LAYOUTS[fiber] = FiberLayout(fiber)
     return _LAYOUTS[fiber]
 
 

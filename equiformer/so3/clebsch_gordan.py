@@ -17,6 +17,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from .constants import outside_transforms
+
 
 def _check_triangle(l1: int, l2: int, l3: int) -> None:
     if min(l1, l2, l3) < 0:
@@ -74,6 +76,11 @@ def _real_from_complex(l: int) -> list[list[complex]]:
 
 @lru_cache(maxsize=None)
 def _real_cg_float64(l1: int, l2: int, l3: int) -> Tensor:
+    with outside_transforms():  # a cached tensor: plain even when first asked for under torch.func
+        return _build_real_cg(l1, l2, l3)
+
+
+def _build_real_cg(l1: int, l2: int, l3: int) -> Tensor:
     _check_triangle(l1, l2, l3)
     u1, u2, u3 = _real_from_complex(l1), _real_from_complex(l2), _real_from_complex(l3)
     # each real harmonic mixes at most two complex ones: keep the nonzero (m, coefficient) pairs

@@ -17,14 +17,16 @@ import torch
 from torch import Tensor
 
 from .clebsch_gordan import clebsch_gordan
+from .constants import outside_transforms
 
 
 @lru_cache(maxsize=None)
 def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(l-1) x 1 -> l coupling with orthonormal columns, flattened to ``((2l-1) * 3, 2l+1)``;
     built once per (l, dtype, device), since every forward pass needs it (never modified)."""
-    c = clebsch_gordan(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
-    return c.reshape((2 * l - 1) * 3, 2 * l + 1).to(dtype=dtype, device=device)
+    with outside_transforms():
+        c = clebsch_gordan(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
+        return c.reshape((2 * l - 1) * 3, 2 * l + 1).to(dtype=dtype, device=device)
 
 
 # edges per chunk, so that a chunk's intermediates (3 (2l-1)(2l+1) floats per edge: 7 MB per
@@ -91,13 +93,14 @@ def _permuted_index(sizes: tuple[int, ...], row_order: tuple[int, ...], device: 
     or host-to-device copy."""
     key = (sizes, row_order, device)
     if key not in _GATHER_INDEX:
-        entries = sum(n * n for n in sizes)
-        index = torch.full((sum(sizes), sum(sizes)), entries, dtype=torch.long)  # the 0 entry
-        first = column = 0
-        for n in sizes:
-            index[first : first + n, first : first + n] = column + torch.arange(n * n).view(n, n)
-            first, column = first + n, column + n * n
-        _GATHER_INDEX[key] = index[list(row_order)].flatten().to(device)
+        with outside_transforms():
+            entries = sum(n * n for n in sizes)
+            index = torch.full((sum(sizes), sum(sizes)), entries, dtype=torch.long)  # the 0 entry
+            first = column = 0
+            for n in sizes:
+                index[first : first + n, first : first + n] = column + torch.arange(n * n).view(n, n)
+                first, column = first + n, column + n * n
+            _GATHER_INDEX[key] = index[list(row_order)].flatten().to(device)
     return _GATHER_INDEX[key]
 
 

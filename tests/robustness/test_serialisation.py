@@ -130,3 +130,23 @@ def test_save_in_one_process_load_in_another(tmp_path: Path):
     assert len(outputs) == 3
     for here_out, there_out in zip(outputs, checkpoint["outputs"]):
         assert torch.equal(here_out, there_out)
+
+
+def test_numpy_numbers_are_stored_as_plain_python_and_the_config_is_a_private_copy():
+    """numpy scalars passed validation but broke ``as_fiber`` and the weights_only round trip;
+    the caller's lists were kept, so mutating them changed the model's config."""
+    import numpy as np
+
+    dims = [np.int64(8), np.int64(4)]
+    model = Equiformer(
+        dim=dims, num_degrees=np.int64(2), heads=1, dim_head=np.int64(4), depth=np.int64(1),
+        reversible=np.bool_(False), valid_radius=np.float64(5.0),
+    )
+    Equiformer(dim=np.int64(8), heads=1, dim_head=4, depth=1)  # a numpy int broadcast per degree
+    config = model.config
+    assert _load(_saved(config)) == config
+    assert type(config["dim"][0]) is int and type(config["reversible"]) is bool and type(config["valid_radius"]) is float
+    dims.append(4)
+    config["dim"].append(4)
+    assert model.config["dim"] == [8, 4]
+    assert Equiformer.from_config(model.config).config == model.config
