@@ -11,7 +11,11 @@ from .fiber import Fiber, layout
 class EquivariantLayerNorm(nn.Module):
     """Degree 0: LayerNorm over channels.  Degree l > 0: divide by the root mean square over its
     components and channels (no centring: a mean vector is not rotation-invariant), then a learnt
-    per-channel scale.  ``eps`` keeps all-zero features (isolated nodes) finite."""
+    per-channel scale.  ``eps`` keeps all-zero features (isolated nodes) finite.
+
+    Known limitation (README, Conventions): features far below ``sqrt(eps)`` are scaled up to
+    ``1/sqrt(eps)`` = 1,000x per norm, which undoes the cutoff envelope's fade for nodes whose
+    only directional input comes from neighbours at the edge of ``valid_radius``."""
 
     def __init__(self, fiber: Fiber, eps: float = 1e-6):
         super().__init__()
