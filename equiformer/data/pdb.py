@@ -157,17 +157,18 @@ _PARSE_ERRORS = (RuntimeError, ValueError, OSError, UnicodeDecodeError)
 
 def _parse(gemmi, path: Path):
     # gemmi raises a bare IndexError (C++ vector range check) on an mmCIF with no data block
-    if not _is_pdb_format(path) and not _has_cif_content(path):
+    pdb_format = _is_pdb_format(path)
+    if pdb_format:
+        _check_pdb_coordinates(path)
+    elif not _has_cif_content(path):
         raise ValueError(
             f"Cannot parse structure file {path}: it is empty (no mmCIF data block; "
             "an interrupted download?)"
         )
-    if _is_pdb_format(path):
-        _check_pdb_coordinates(path)
     try:
         return gemmi.read_structure(str(path))
     except _PARSE_ERRORS as error:
-        if not _is_pdb_format(path):
+        if not pdb_format:
             raise ValueError(f"Cannot parse structure file {path}: {error}") from error
         first_error = error
     # Pre-1996 PDB files put a segment id and line numbers in columns 73-80, where the
@@ -176,6 +177,11 @@ def _parse(gemmi, path: Path):
         return gemmi.read_pdb(str(path), max_line_length=72)
     except _PARSE_ERRORS:
         raise ValueError(f"Cannot parse structure file {path}: {first_error}") from first_error
+
+
+def _open_bytes(path: Path):
+    """The file's bytes, decompressed when its name ends in ``.gz``."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 _COORDINATE_COLUMNS = (("x", 30, 38), ("y", 38, 46), ("z", 46, 54))
@@ -190,9 +196,8 @@ def _check_pdb_coordinates(path: Path) -> None:
     gemmi reads such a field as 0, or as its leading number ("1.2.3" as 1.2), so a corrupted
     file would silently move atoms.  Only the atoms this module reads are checked.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as handle:
+        with _open_bytes(path) as handle:
             for number, line in enumerate(handle, start=1):
                 if line.startswith(b"ENDMDL"):
                     return
@@ -216,9 +221,8 @@ def _has_cif_content(path: Path) -> bool:
     Reads up to the first meaningful line, normally line 1 (``data_...``). A file that cannot
     be read this way (bad gzip ...) counts as having content: gemmi then names the problem.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as handle:
+        with _open_bytes(path) as handle:
             for line in handle:
                 stripped = line.strip()
                 if stripped and not stripped.startswith(b"#"):

@@ -43,7 +43,7 @@ class TrainWindow:
         self.seconds += seconds
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum, "steps": self.steps, "seconds": self.seconds}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_state(cls, state: dict) -> "TrainWindow":
