@@ -23,6 +23,22 @@ class _Runner:
 
     def __init__(self, blocks: nn.ModuleList, geometry: EdgeGeometry):
         self.blocks, self.geometry = list(blocks), geometry  # a plain list: cheap indexing
+        self.param_slices: list[dict[str, slice]] = []  # per block, where its parts' parameters are
+
+    def trainable_parameters(self) -> list[Tensor]:
+        """Every block's trainable parameters, ``attn`` then ``ff`` per block, recording where
+        each part's run is: the memory-saving backward reads them back from that list, so it
+        pairs each gradient with the very tensor the forward was handed."""
+        params: list[Tensor] = []
+        self.param_slices = []
+        for block in self.blocks:
+            slices = {}
+            for part in ("attn", "ff"):
+                found = block.trainable(part)
+                slices[part] = slice(len(params), len(params) + len(found))
+                params += found
+            self.param_slices.append(slices)
+        return params
 
     def attn(self, i: int, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         return self.blocks[i].attn(x, geometry)
@@ -93,47 +109,45 @@ def _recompute_backward(ctx, dy1: Tensor, dy2: Tensor) -> tuple:
     geo_leaves = [t.detach().requires_grad_(t.requires_grad) for t in geo]
     used_geo = [t for t in geo_leaves if t.requires_grad]
     geo_grads = [torch.zeros_like(t) if t.requires_grad else None for t in geo]
-    param_index = {id(p): k for k, p in enumerate(params)}
     param_grads: list[Tensor | None] = [None] * len(params)
 
-    def accumulate(ps, gs):
-        for p, g in zip(ps, gs):
-            if g is not None:
-                k = param_index[id(p)]
-                param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+    def differentiate(out: Tensor, leading: list[Tensor], part: slice, grad: Tensor) -> tuple:
+        """Gradients of ``out`` for ``leading`` (returned) and for the parameters the forward
+        listed in ``part`` (stored); one frozen since the forward gets none, as in plain autograd."""
+        live = [k for k in range(part.start, part.stop) if params[k].requires_grad]
+        found = torch.autograd.grad(out, [*leading, *(params[k] for k in live)], grad, allow_unused=True)
+        for k, g in zip(live, found[len(leading) :]):
+            param_grads[k] = g
+        return found[: len(leading)]
 
     # the cached rotation blocks of a geometry view belong to the graph of one autograd.grad
     # call, which frees that graph when it returns: a fresh view per block when the frames need
     # gradients (forces), else one view (and one set of blocks) for all
     frames_need_grad = any(t.requires_grad for t in geo_leaves[2:])  # after weight, edge_attr
     shared_geometry = None if frames_need_grad else runner.geometry.with_float_tensors(geo_leaves)
-    blocks = list(runner.blocks)
-    for i in reversed(range(len(blocks))):
-        block = blocks[i]
-        ff_params, attn_params = block.trainable("ff"), block.trainable("attn")
+    for i in reversed(range(len(runner.blocks))):
+        parts = runner.param_slices[i]
         with torch.enable_grad():
             z1 = y1.detach().requires_grad_()
             g_out = runner.ff(i, z1)
-            grads = torch.autograd.grad(g_out, [z1, *ff_params], dy2, allow_unused=True)
+            (dz1,) = differentiate(g_out, [z1], parts["ff"], dy2)
         with torch.no_grad():
             x2 = y2 - g_out
-            dx1 = dy1 + grads[0]
-        accumulate(ff_params, grads[1:])
+            dx1 = dy1 + dz1
         geometry = shared_geometry if shared_geometry is not None else runner.geometry.with_float_tensors(geo_leaves)
         with torch.enable_grad():
             z2 = x2.detach().requires_grad_()
             f_out = runner.attn(i, z2, geometry)
-            grads = torch.autograd.grad(f_out, [z2, *used_geo, *attn_params], dx1, allow_unused=True)
+            dz2, *geo_part = differentiate(f_out, [z2, *used_geo], parts["attn"], dx1)
         with torch.no_grad():
             x1 = y1 - f_out
-            dx2 = dy2 + grads[0]
-            geo_part = iter(grads[1 : 1 + len(used_geo)])
+            dx2 = dy2 + dz2
+            geo_part = iter(geo_part)
             for j, t in enumerate(geo_leaves):
                 if t.requires_grad:
                     g = next(geo_part)
                     if g is not None:
                         geo_grads[j] += g
-        accumulate(attn_params, grads[1 + len(used_geo) :])
         y1, y2, dy1, dy2 = x1, x2, dx1, dx2
     return (None, None, dy1, dy2, *geo_grads, *param_grads)
 
@@ -175,7 +189,7 @@ class BlockSequence(nn.Module):
         runner = _Runner(self.blocks, geometry)
         if self.memory_saving and torch.is_grad_enabled() and not functorch_transform_active():
             geo = geometry.float_tensors()
-            params = [p for block in self.blocks for part in ("attn", "ff") for p in block.trainable(part)]
+            params = runner.trainable_parameters()
             y1, y2 = _ReversibleFunction.apply(runner, len(geo), x, x, *geo, *params)
         else:
             y1, y2 = runner.run(x, x, geometry)
