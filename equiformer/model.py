@@ -44,9 +44,24 @@ class Return(_ReturnBase):
         return (self.degrees,)
 
     def __getattr__(self, name: str):
-        if name.startswith("type") and name[4:].isdigit():
-            return self.degrees.get(int(name[4:]))
-        raise AttributeError(name)
+        # only degrees the model has (``type1`` is a field: None for a model of degree 0 only);
+        # ``type01`` or ``type9`` of a degree-2 model are errors, not another degree or None
+        digits = name[4:]
+        if name.startswith("type") and digits.isdigit() and digits == str(int(digits)):
+            degrees = self.__dict__.get("degrees", {})
+            if int(digits) in degrees:
+                return degrees[int(digits)]
+        raise AttributeError(f"'Return' has no attribute {name!r}")
+
+    def _replace(self, **changes: Tensor | None) -> "Return":
+        """A copy with ``type0`` / ``type1`` replaced (the namedtuple method, keeping ``degrees``)."""
+        unknown = set(changes) - set(self._fields)
+        if unknown:
+            raise ValueError(f"Return._replace got unexpected field names: {sorted(unknown)}")
+        degrees = dict(self.degrees)
+        for name, value in changes.items():
+            degrees[int(name[4:])] = value
+        return Return(degrees)
 
 
 class Equiformer(nn.Module):
@@ -60,7 +75,7 @@ class Equiformer(nn.Module):
     ``single_headed_kv``, ``gate_attn_head_outputs``, ``ff_include_htype_norms``, ``linear_out``,
     ``embedding_grad_frac``, ``reversible``, ``attend_sparse_neighbors``,
     ``num_adj_degrees_embed``, ``adj_dim``, ``max_sparse_neighbors``, ``attn_hidden_dim_mult``,
-    ``attn_leakyrelu_slope``; ``splits`` is accepted and ignored (it tuned a memory trade-off
+    ``attn_leakyrelu_slope``, ``init_out_zero``; ``splits`` is accepted and ignored (it tuned a memory trade-off
     that this implementation does not need).
 
     New: ``tensor_product`` (``"so2"`` fast path, ``"cg"`` Clebsch-Gordan reference),
@@ -109,6 +124,7 @@ class Equiformer(nn.Module):
         linear_attn_dim_head: int = 8,
         attn_hidden_dim_mult: int = 4,
         attn_leakyrelu_slope: float = 0.1,
+        init_out_zero: bool = True,
         ff_mult: int = 4,
         tensor_product: str = "so2",
         reflection_equivariance: bool = False,
@@ -173,6 +189,7 @@ class Equiformer(nn.Module):
                     gate_attn_head_outputs=gate_attn_head_outputs,
                     num_linear_attn_heads=num_linear_attn_heads,
                     linear_attn_dim_head=linear_attn_dim_head,
+                    init_out_zero=init_out_zero,
                     **conv,
                     **extra,
                 ),
@@ -189,6 +206,11 @@ class Equiformer(nn.Module):
             self.head = EquivariantLinear(self.dim, out_fiber)
         else:
             self.head = FeedForward(self.dim, out_fiber, mult=ff_mult, zero_init_out=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (as ``equiformer_pytorch.Equiformer.device``)."""
+        return next(self.parameters()).device
 
     @property
     def config(self) -> dict:

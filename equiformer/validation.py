@@ -23,6 +23,7 @@ from .nn.edge_geometry import TENSOR_PRODUCTS
 
 _FLAGS = (
     "reduce_dim_out",
+    "init_out_zero",
     "attend_self",
     "linear_out",
     "single_headed_kv",
@@ -39,6 +40,12 @@ _FLAGS = (
 # ---------------------------------------------------------------------------------- constructor
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_flag(value: Any) -> bool:
+    """True/False, numpy booleans, or the integers 1/0 (equiformer-pytorch takes any truthy value;
+    we take the unambiguous ones)."""
+    return isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1))
 
 
 def _is_real(value: Any) -> bool:
@@ -61,7 +68,7 @@ def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
             return type(value)(plain(v) for v in value)
         return value
 
-    return {name: plain(value) for name, value in config.items()}
+    return {name: bool(value) if name in _FLAGS else plain(value) for name, value in config.items()}
 
 
 def _check_int(config: Mapping[str, Any], name: str, minimum: int, optional: bool = False) -> None:
@@ -101,8 +108,8 @@ def check_config(config: Mapping[str, Any]) -> None:
 
     ``config``: the keyword arguments of ``Equiformer.__init__``, all of them."""
     for name in _FLAGS:
-        if not isinstance(config[name], (bool, np.bool_)):
-            raise TypeError(f"{name} must be True or False, got {config[name]!r}")
+        if not _is_flag(config[name]):
+            raise TypeError(f"{name} must be True or False (or 1 or 0), got {config[name]!r}")
     _check_int(config, "num_degrees", 1)
     _check_int(config, "input_degrees", 1)
     if config["input_degrees"] > config["num_degrees"]:
@@ -151,12 +158,22 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ValueError("num_neighbors=0 leaves nothing to attend to unless attend_sparse_neighbors=True")
     if config["num_neighbors"] == 0 and config["max_sparse_neighbors"] == 0:
         raise ValueError("num_neighbors=0 with max_sparse_neighbors=0 leaves nothing to attend to (no edges at all)")
+    # keywords without effect in this combination: equiformer-pytorch ignores them silently, so a
+    # config written for it must still build; we say so (stacklevel: check_config, __init__, user)
     if config["adj_dim"] > 0 and config["num_adj_degrees_embed"] is None:
-        raise ValueError(
-            f"adj_dim={config['adj_dim']} embeds hop distances, which needs num_adj_degrees_embed >= 1, got None"
+        warnings.warn(
+            f"adj_dim={config['adj_dim']} is ignored: it is the width of the hop-distance embedding, "
+            "which needs num_adj_degrees_embed >= 1 (got None)",
+            UserWarning,
+            stacklevel=3,
         )
     if not config["linear_out"] and not config["reduce_dim_out"]:
-        raise ValueError("linear_out=False picks the output head of reduce_dim_out=True; with reduce_dim_out=False there is no head")
+        warnings.warn(
+            "linear_out=False is ignored: it picks the output head of reduce_dim_out=True, and with "
+            "reduce_dim_out=False there is no head",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------------- forward

@@ -1,4 +1,5 @@
 """The four usages in shared/API-EXAMPLES.md, run as written (CPU)."""
+import pytest
 import torch
 
 from equiformer import Equiformer
@@ -83,6 +84,25 @@ def test_degree_dict_inputs_and_higher_outputs():
     out = model(feats, torch.randn(2, 10, 3))
     assert out.type0.shape == (2, 10, 8) and out.type1.shape == (2, 10, 4, 3)
     assert out.type2.shape == (2, 10, 4, 5) and out.degrees[2] is out.type2
+    # only the model's degrees are attributes; namedtuple methods keep the higher ones
+    assert not hasattr(out, "type3") and not hasattr(out, "type02")
+    doubled = out._replace(type0=2 * out.type0)
+    assert torch.equal(doubled.type0, 2 * out.type0) and doubled.type2 is out.type2 and doubled.type1 is out.type1
+    with pytest.raises(ValueError, match="type5"):
+        out._replace(type5=out.type0)
+
+
+def test_peer_attributes_and_keywords():
+    """``model.device`` and ``init_out_zero`` (equiformer-pytorch passes it to the attention
+    layers): True starts every attention output projection at zero, False does not."""
+    kwargs = dict(dim=(8, 4), num_degrees=2, depth=2, heads=2, dim_head=4)
+    zero, random = Equiformer(**kwargs), Equiformer(**kwargs, init_out_zero=False)
+    assert zero.device == torch.device("cpu") and zero.config["init_out_zero"] is True
+    for model, starts_at_zero in ((zero, True), (random, False)):
+        for block in model.blocks.blocks:
+            weights = list(block.attn.to_out.parameters())
+            assert all(bool((w == 0).all()) == starts_at_zero for w in weights)
+    assert Equiformer.from_config(random.config).config["init_out_zero"] is False
 
 
 def test_return_pooled_is_a_masked_mean():

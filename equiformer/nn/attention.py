@@ -64,6 +64,7 @@ class _GraphAttention(nn.Module):
         linear_attn_dim_head: int,
         tensor_product: str,
         reflection: bool,
+        init_out_zero: bool = True,
     ):
         super().__init__()
         self.fiber, self.heads, self.dim_head = tuple(fiber), tuple(heads), tuple(dim_head)
@@ -84,7 +85,8 @@ class _GraphAttention(nn.Module):
         out_fiber = self.head_fiber
         if self.linear_attn is not None:
             out_fiber = (out_fiber[0] + self.linear_attn.dim_out, *out_fiber[1:])
-        self.to_out = EquivariantLinear(out_fiber, fiber, bias=False, zero_init=True)
+        # zero: every block starts as the identity (its residual branch adds nothing)
+        self.to_out = EquivariantLinear(out_fiber, fiber, bias=False, zero_init=init_out_zero)
         head_of, source = _head_indices(self.heads, self.dim_head, single_headed_kv)
         self.expand_heads = ColumnExpansion(head_of, sum(self.heads))  # (R, sum H) -> (R, F_heads)
         self.register_buffer("value_source", source, persistent=False)

@@ -260,9 +260,7 @@ CONSTRUCTOR_CASES = {
     "num_positions_float": (dict(num_positions=10.0), TypeError, ["num_positions", "10.0"]),
     "edge_dim_negative": (dict(edge_dim=-1), ValueError, ["edge_dim", "-1"]),
     "num_adj_degrees_embed_zero": (dict(num_adj_degrees_embed=0), ValueError, ["num_adj_degrees_embed", ">= 1"]),
-    "adj_dim_without_num_adj_degrees_embed": (dict(adj_dim=4), ValueError, ["adj_dim=4", "num_adj_degrees_embed"]),
     "adj_dim_negative": (dict(adj_dim=-1, num_adj_degrees_embed=1), ValueError, ["adj_dim", "-1"]),
-    "linear_out_false_without_reduce_dim_out": (dict(linear_out=False), ValueError, ["linear_out=False", "reduce_dim_out"]),
     "valid_radius_zero": (dict(valid_radius=0), ValueError, ["valid_radius", "> 0", "0"]),
     "valid_radius_nan": (dict(valid_radius=math.nan), ValueError, ["valid_radius", "nan"]),
     "radial_max_distance_negative": (dict(radial_max_distance=-1.0), ValueError, ["radial_max_distance", "-1.0"]),
@@ -276,6 +274,7 @@ CONSTRUCTOR_CASES = {
     "attn_leakyrelu_slope_nan": (dict(attn_leakyrelu_slope=math.nan), ValueError, ["attn_leakyrelu_slope", "nan"]),
     "edge_chunk_size_zero": (dict(edge_chunk_size=0), ValueError, ["edge_chunk_size", "0"]),
     "flag_not_bool": (dict(reversible="yes"), TypeError, ["reversible", "'yes'"]),
+    "flag_int_not_0_or_1": (dict(reversible=2), TypeError, ["reversible", "1 or 0", "2"]),
     "check_inputs_not_bool": (dict(check_inputs=None), TypeError, ["check_inputs", "None"]),
 }
 
@@ -308,6 +307,27 @@ def test_constructor_accepts_the_equivalent_good_values():
     )
     assert model.dim == (4, 2)
     assert Equiformer(**BASE, num_neighbors=0, attend_sparse_neighbors=True).num_neighbors == 0
+
+
+@pytest.mark.parametrize(
+    "keywords, fragment",
+    [(dict(adj_dim=4), "adj_dim=4 is ignored"), (dict(linear_out=False), "linear_out=False is ignored")],
+    ids=["adj_dim-without-hops", "linear_out-without-head"],
+)
+def test_keywords_without_effect_warn_but_build(keywords, fragment):
+    """equiformer-pytorch accepts these combinations (and ignores the keyword), so a config
+    written for it must build here too; we say that the keyword does nothing, at the caller's line."""
+    with pytest.warns(UserWarning, match=fragment) as caught:
+        model = Equiformer(**{**BASE, **keywords})
+    assert caught[0].filename == __file__
+    reference = Equiformer(**BASE)
+    assert [p.shape for p in model.parameters()] == [p.shape for p in reference.parameters()]
+
+
+def test_flags_take_1_and_0_and_store_booleans():
+    model = Equiformer(**BASE, reduce_dim_out=1, reversible=0)
+    assert model.config["reduce_dim_out"] is True and model.config["reversible"] is False
+    assert model.head is not None and not model.blocks.reversible
 
 
 def test_adjacency_a_model_does_not_use_is_ignored_with_a_warning():
