@@ -47,11 +47,28 @@ class BackboneBatch:
         return BackboneBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
-def crop_window(length: int, max_residues: int, generator: torch.Generator | None) -> slice:
-    """A uniformly random window of ``max_residues`` residues, or the whole chain if shorter."""
+def crop_window(
+    length: int, max_residues: int, generator: torch.Generator | None, present: np.ndarray | None = None
+) -> slice:
+    """A uniformly random window of ``max_residues`` residues, or the whole chain if shorter.
+
+    ``present``: (length,) bool, the residue has at least one atom.  Windows holding none are
+    never drawn (a long unresolved tail would otherwise give crops with nothing to denoise or
+    score); the draw is uniform over the other windows, the same draw as without ``present``
+    when every window holds an atom."""
     if length <= max_residues:
         return slice(0, length)
-    start = int(torch.randint(0, length - max_residues + 1, (1,), generator=generator))
+    starts = length - max_residues + 1
+    if present is None:
+        valid = None
+    else:
+        present = np.asarray(present, dtype=bool)
+        if present.shape != (length,) or not present.any():
+            raise ValueError(f"present must be a (length,) bool array with a True, got shape {present.shape}")
+        counts = np.concatenate([[0], np.cumsum(present)])
+        valid = np.flatnonzero(counts[max_residues:] - counts[:starts] > 0)  # windows with an atom
+    pick = int(torch.randint(0, starts if valid is None else len(valid), (1,), generator=generator))
+    start = pick if valid is None else int(valid[pick])
     return slice(start, start + max_residues)
 
 
@@ -69,7 +86,7 @@ def collate(
         raise ValueError("collate needs at least one backbone")
     if max_residues < 1:
         raise ValueError(f"max_residues must be >= 1, got {max_residues}")
-    windows = [crop_window(len(b), max_residues, generator) for b in backbones]
+    windows = [crop_window(len(b), max_residues, generator, b.atom_mask.any(1)) for b in backbones]
     size = max(w.stop - w.start for w in windows)
     shape = (len(backbones), size)
     residues = np.zeros(shape, dtype=np.int64)

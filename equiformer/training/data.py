@@ -180,7 +180,7 @@ def make_batch(
     cropped, noises = [], []
     for chain, seed in zip(chains, seeds):
         generator = torch.Generator().manual_seed(seed)
-        piece = crop(chain, crop_window(len(chain), crop_residues, generator))
+        piece = crop(chain, crop_window(len(chain), crop_residues, generator, chain.atom_mask.any(1)))
         cropped.append(piece)
         noises.append(noise * torch.randn(ATOMS_PER_RESIDUE * len(piece), 3, generator=generator, dtype=dtype))
     batch = collate(cropped, crop_residues)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from equiformer.data import NUM_BACKBONE_TOKENS, Backbone, collate, residue_index
+from equiformer.data.batching import crop_window
 
 
 def _expected_bonds(backbone: Backbone) -> set[tuple[int, int]]:
@@ -84,6 +85,36 @@ def test_crop_is_a_deterministic_contiguous_window(clean_chain):
         matches = [s for s in starts if torch.equal(full[4 * s : 4 * (s + window)], crop)]
         assert len(matches) == 1
     assert int(first.adj_mat[0].sum()) // 2 == 4 * window - 1
+
+
+def _with_unresolved_tail(chain: Backbone, tail: int) -> Backbone:
+    """``chain`` after ``tail`` residues without any atom (as SidechainNet keeps them)."""
+    coords = np.concatenate([np.zeros((tail, 4, 3), np.float32), chain.coords])
+    mask = np.concatenate([np.zeros((tail, 4), bool), chain.atom_mask])
+    return Backbone.from_atoms(chain.id, chain.entry, "A" * tail + chain.sequence, coords, mask)
+
+
+def test_crops_never_fall_on_residues_without_atoms(clean_chain):
+    """A long unresolved tail: every drawn window holds atoms (an empty crop has nothing to denoise
+    and scored RMSD 0), and the windows that do are all drawn."""
+    window, tail = 10, 200
+    chain = _with_unresolved_tail(clean_chain, tail)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        assert collate([chain], window, generator).mask.any()
+    present = chain.atom_mask.any(1)
+    drawn = {crop_window(len(chain), window, generator, present).start for _ in range(2000)}
+    assert drawn == set(range(tail - window + 1, len(chain) - window + 1))
+
+
+def test_crop_draws_unchanged_when_every_window_has_atoms(clean_chain):
+    present = clean_chain.atom_mask.any(1)
+    assert present.all()
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(50):
+        assert crop_window(len(clean_chain), 12, a, present) == crop_window(len(clean_chain), 12, b)
+    with pytest.raises(ValueError, match="present"):
+        crop_window(len(clean_chain), 12, a, np.zeros(len(clean_chain), bool))
 
 
 def test_short_chains_are_not_cropped(few_chains):
