@@ -18,8 +18,8 @@ from .files import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
-"""Format 1 gained optional keys later (``train_window``, ``validation_due``); readers default
-them, so checkpoints written before they existed still resume."""
+"""Format 1 gained optional keys later (``train_window``, ``validation_due``,
+``val_fingerprint``); readers default them, so checkpoints written before they existed still resume."""
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "step", "config", "world_size", "data_fingerprint", "elapsed", "model", "optimizer",

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -355,8 +356,10 @@ def _validate(config: TrainConfig) -> None:
     need(config.attention in ATTENTION, f"--attention must be one of {ATTENTION}")
     need(config.dtype in DTYPES, f"--dtype must be one of {DTYPES}")
     need(config.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}")
-    need(config.device in DEVICES or config.device.startswith("cuda:"),
-         f"--device must be one of {DEVICES} or cuda:N, got {config.device!r}")
+    need(config.device in DEVICES or re.fullmatch(r"cuda:\d+", config.device) is not None,
+         f"--device must be one of {DEVICES} or cuda:N (N a GPU index), got {config.device!r}")
+    # torch.manual_seed takes 64-bit seeds (larger ones overflowed with a traceback)
+    need(config.seed < 2**64, f"--seed must be < 2**64, got {config.seed}")
     need(not (config.device == "cpu" and config.precision == "bf16"),
          "--precision bf16 is for CUDA only (CPU autocast would be slower, not faster)")
     need(not (config.dtype == "float64" and config.precision == "bf16"),

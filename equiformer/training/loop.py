@@ -71,6 +71,8 @@ class Session:
     out: Path
     metrics: MetricsLog
     data_fingerprint: str
+    val_fingerprint: str = ""
+    """``fingerprint`` of the validation chains: a resumed run must validate on the same ones."""
     step: int = 0
     elapsed: float = 0.0
     """Training seconds of earlier invocations of this run."""
@@ -87,6 +89,7 @@ class Session:
             "config": self.config.to_dict(),
             "world_size": self.ctx.world_size,
             "data_fingerprint": self.data_fingerprint,
+            "val_fingerprint": self.val_fingerprint,
             "elapsed": self.elapsed,
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -66,6 +66,7 @@ def train(explicit: dict[str, Any]) -> int:
                 f"{existing} exists: pass --resume to continue that run, --overwrite to start "
                 "again, or another --out"
             )
+    check_out_folder(Path(config.out))
     device = pick_device(config.device, ctx)
     precision = pick_precision(config.precision, device)
     threads = torch.get_num_threads()
@@ -143,9 +144,9 @@ def build_session(
     out = Path(config.out)
     step, elapsed = 0, 0.0
     window, validation_due = TrainWindow(), False
-    data_fingerprint = fingerprint(train_chains)
+    data_fingerprint, val_fingerprint = fingerprint(train_chains), fingerprint(val_chains)
     if checkpoint is not None:
-        _check_compatible(checkpoint, ctx, data_fingerprint, out)
+        _check_compatible(checkpoint, ctx, data_fingerprint, val_fingerprint, out)
         window, validation_due = _restore(checkpoint, module, optimizer, scheduler, order,
                                           out / CHECKPOINT_NAME)
         step, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
@@ -155,15 +156,10 @@ def build_session(
         scheduler=scheduler, order=order, train_chains=train_chains,
         val_chunks=build_validation_set(val_chains, config, dtype), out=out,
         metrics=MetricsLog(out, enabled=False),  # the real one below, after --overwrite's save
-        data_fingerprint=data_fingerprint, step=step, elapsed=elapsed, window=window,
+        data_fingerprint=data_fingerprint, val_fingerprint=val_fingerprint, step=step, elapsed=elapsed, window=window,
         validation_due=validation_due,
     )
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
-        if config.overwrite:
-            _replace_previous_run(session)
-    session.metrics = MetricsLog(out, ctx.is_main, resume_step=step if checkpoint else None)
+    _prepare_out_folder(session, resume_step=step if checkpoint else None)
     if checkpoint is not None and "validation_due" not in checkpoint:
         # older checkpoints: a run whose steps are all done owes its final validation
         # unless metrics.jsonl has it (an interrupt in the last step used to skip it);
@@ -172,9 +168,6 @@ def build_session(
             r.get("step") == step for r in session.metrics.of_kind("val"))
         flag = torch.tensor(float(missing and ctx.is_main), device=device)
         session.validation_due = all_reduce_sum(flag, ctx).item() > 0
-    if ctx.is_main:
-        with atomic_path(out / "config.json") as temporary:
-            temporary.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     source = config.data or config.sidechainnet or "the embedded set"
     parameters = sum(p.numel() for p in module.parameters())
     session.say(
@@ -187,6 +180,48 @@ def build_session(
     if checkpoint is not None:
         session.say(f"resumed from step {step} of {config.steps} ({out / CHECKPOINT_NAME})")
     return session
+
+
+def _prepare_out_folder(session: Session, resume_step: int | None) -> None:
+    """Rank 0 makes the output folder (clearing stale temporaries, replacing the old run under
+    ``--overwrite``), opens ``metrics.jsonl`` and writes ``config.json``; every rank opens its
+    (silent) metrics log.  All ranks then agree on whether that worked: an error only rank 0
+    meets (a damaged metrics file, a folder it cannot write) must stop every rank here, not
+    leave the others to fail or hang in the first gradient all-reduce."""
+    config, ctx, out = session.config, session.ctx, session.out
+    error: Exception | None = None
+    if ctx.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out)
+            if config.overwrite:
+                _replace_previous_run(session)
+            session.metrics = MetricsLog(out, True, resume_step=resume_step)
+            with atomic_path(out / "config.json") as temporary:
+                temporary.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        except (SetupError, OSError) as caught:
+            error = caught
+    else:
+        session.metrics = MetricsLog(out, False, resume_step=resume_step)
+    failed = all_reduce_sum(torch.tensor(float(error is not None), device=session.device), ctx)
+    if isinstance(error, SetupError):
+        raise error
+    if error is not None:
+        raise SetupError(f"--out {out}: cannot write the run's files there ({error})") from error
+    if failed.item() > 0:
+        raise SetupError(f"rank 0 could not set up --out {out}; its error says why")
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a folder (a file, or under one), before the data
+    and model are built."""
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"--out {out} is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SetupError(f"--out {out} cannot be made: {parent} is a file, not a folder")
 
 
 def _replace_previous_run(session: Session) -> None:
@@ -234,7 +269,9 @@ def _restore(
     return window, validation_due
 
 
-def _check_compatible(checkpoint: dict, ctx: DistContext, data_fingerprint: str, out: Path) -> None:
+def _check_compatible(
+    checkpoint: dict, ctx: DistContext, data_fingerprint: str, val_fingerprint: str, out: Path
+) -> None:
     if checkpoint["world_size"] != ctx.world_size:
         raise ConfigError(
             f"{out / CHECKPOINT_NAME} was written by {checkpoint['world_size']} processes and this "
@@ -245,6 +282,12 @@ def _check_compatible(checkpoint: dict, ctx: DistContext, data_fingerprint: str,
         raise SetupError(
             "the training chains differ from those of the checkpoint (files added, removed or "
             "unreadable in the data folder?): resuming would not continue the same run"
+        )
+    # older checkpoints have no validation fingerprint: nothing to compare
+    if checkpoint.get("val_fingerprint", val_fingerprint) != val_fingerprint:
+        raise SetupError(
+            "the validation chains differ from those of the checkpoint (files added, removed or "
+            "unreadable in the data folder?): the resumed run's validation would not be comparable"
         )
 
 

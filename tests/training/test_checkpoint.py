@@ -51,3 +51,21 @@ def test_damaged_checkpoint_is_a_setup_error(tmp_path, capsys, good, damage, mes
     error = capsys.readouterr().err
     assert error.startswith("denoise.py: error: ")
     assert str(tmp_path / CHECKPOINT_NAME) in error and message in error, error
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("out-is-a-file", "is a file, not a folder"),
+    ("out-under-a-file", "cannot be made: "),
+    ("config-json-is-a-folder", "cannot write the run's files there"),
+], ids=["out-is-a-file", "out-under-a-file", "config-json-is-a-folder"])
+def test_unusable_out_folder_is_a_setup_error(tmp_path, capsys, layout, message):
+    """One line naming --out, not a traceback (and for the first two, before any data loads)."""
+    target = {"out-is-a-file": tmp_path / "f", "out-under-a-file": tmp_path / "f" / "run",
+              "config-json-is-a-folder": tmp_path / "run"}[layout]
+    if layout == "config-json-is-a-folder":
+        (target / "config.json").mkdir(parents=True)
+    else:
+        (tmp_path / "f").write_text("a file")
+    assert run_inline(target, "--steps", "1") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("denoise.py: error: --out ") and message in error, error

@@ -36,6 +36,9 @@ def test_defaults_are_the_small_preset_and_flags_override_presets():
     (["--noise", "nan"], "--noise must be > 0 and finite"),
     (["--clip-grad", "nan"], "--clip-grad must be >= 0"),
     (["--threads", "100000"], "--threads must be in 0..1024"),  # torch segfaulted
+    (["--seed", str(2**64)], "--seed must be < 2"),  # torch.manual_seed overflowed
+    (["--device", "cuda:abc"], "cuda:N (N a GPU index), got 'cuda:abc'"),  # passed, then a traceback
+    (["--device", "cuda:"], "--device must be one of"),
 ])
 def test_bad_settings_are_named(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

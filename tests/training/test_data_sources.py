@@ -98,3 +98,30 @@ def test_help_lists_every_setting():
     for field in dataclasses.fields(TrainConfig):
         assert "--" + field.name.replace("_", "-") in text
     assert "large preset: 128,64,32" in text
+
+
+def test_resume_refuses_changed_validation_chains(tmp_path, capsys):
+    """Resumed runs promise the validation records of an uninterrupted run: a validation file
+    that went missing (or unreadable) must stop --resume, as a missing training file does.
+    12 entries, 4 held out; without one of them 3 are held out and training is unchanged."""
+    from equiformer.training.data import split
+
+    data = tmp_path / "structures"
+    data.mkdir()
+    picked = {}
+    for chain in load_embedded():
+        if chain.atom_mask.all() and 30 <= len(chain) <= 120 and chain.entry not in picked:
+            picked[chain.entry] = chain
+    for index, chain in enumerate(list(picked.values())[:12]):
+        (data / f"{index + 1}ab{chr(97 + index)}.pdb").write_text(backbone_to_pdb(chain.coords, chain.sequence) + "END\n")
+    settings = ["--data", str(data), "--val-fraction", "0.3"]
+    out = tmp_path / "out"
+    assert run_inline(out, *settings, "--steps", "4", "--stop-at-step", "2") == 0
+    config = resolve({"data": str(data), "val_fraction": 0.3})
+    train, val = split(load_backbones(config), config)
+    assert len(val) == 4
+    (data / f"{val[0].entry.lower()}.pdb").unlink()
+    assert [c.id for c in split(load_backbones(config), config)[0]] == [c.id for c in train]
+    capsys.readouterr()
+    assert run_inline(out, "--resume") == 2
+    assert "the validation chains differ from those of the checkpoint" in capsys.readouterr().err

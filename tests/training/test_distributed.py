@@ -61,3 +61,16 @@ def test_resume_refuses_another_world_size(tmp_path, capsys):
     capsys.readouterr()
     assert run_inline(tmp_path, "--resume") == 2
     assert "written by 2 processes and this run has 1" in capsys.readouterr().err
+
+
+def test_a_setup_error_only_rank_0_meets_stops_every_rank(tmp_path):
+    """Rank 0 alone writes the output folder; when that fails (here config.json cannot be
+    written), every rank must stop with a clear error, not train on into a broken all-reduce."""
+    out = tmp_path / "run"
+    (out / "config.json").mkdir(parents=True)  # a folder where rank 0 writes the file
+    child = popen(out, *STEPS, "--batch-size", "2", launcher=TORCHRUN)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode != 0
+    assert "denoise.py: error: --out" in stderr and "cannot write the run's files" in stderr
+    assert "denoise.py: error: rank 0 could not set up --out" in stderr
+    assert "Connection closed" not in stderr and "fit(" not in stderr
