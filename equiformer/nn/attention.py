@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .activation import Gate
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry, checkpoint_chunk
+from .exact_constants import ExactConstants
 from .expand import ColumnExpansion
 from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
 from .head_norms import squared_head_norms
@@ -46,7 +47,7 @@ def _head_indices(heads: Fiber, dim_head: Fiber, single_headed: bool) -> tuple[T
     return torch.tensor(head_of), torch.tensor(source)
 
 
-class _GraphAttention(nn.Module):
+class _GraphAttention(ExactConstants):
     """Shared plumbing: prenorm, softmax over neighbours, aggregation, head gates, output."""
 
     uses_receiver_in_messages = True
@@ -244,13 +245,13 @@ class L2DistanceAttention(_GraphAttention):
         self._register_node_order()
         # sums squared differences per head (a 0/1 matrix), with 1/sqrt(dim_head) temperatures;
         # a copy of each map for the edge-frame layouts, where keys and rotated queries meet
-        scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)])
+        scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)], dtype=torch.float64)
         # stored (heads, F) and padded to a multiple of 16 heads: CPU BLAS is 2-3x slower on
         # skinny products with an odd number of columns (measured for (E, F) @ (F, 10))
         padded_heads = -(-len(scale) // 16) * 16
         head_sum = self.expand_heads.membership(padded_heads)  # (H_pad, F_heads)
         dtype = torch.get_default_dtype()
-        self.register_buffer("head_scale", scale.to(dtype), persistent=False)
+        self.register_constant("head_scale", scale)
         self.register_buffer("head_sum", head_sum.to(dtype), persistent=False)
         self.register_buffer("edge_head_sum", head_sum[:, self._edge_positions(self.head_fiber)].to(dtype), persistent=False)
 

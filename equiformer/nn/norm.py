@@ -5,10 +5,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .exact_constants import ExactConstants
 from .fiber import Fiber, layout
 
 
-class EquivariantLayerNorm(nn.Module):
+class EquivariantLayerNorm(ExactConstants):
     """Degree 0: LayerNorm over channels.  Degree l > 0: divide by the root mean square over its
     components and channels (no centring: a mean vector is not rotation-invariant), then a learnt
     per-channel scale.  ``eps`` keeps all-zero features (isolated nodes) finite.
@@ -29,7 +30,7 @@ class EquivariantLayerNorm(nn.Module):
         counts = torch.tensor([(2 * l + 1) * c for l, c in enumerate(fiber)][1:], dtype=torch.float64)
         mean = torch.zeros(lay.size - c0, max(len(fiber) - 1, 1), dtype=torch.float64)
         mean[torch.arange(lay.size - c0), degree] = 1.0 / counts[degree]
-        self.register_buffer("mean_matrix", mean.to(torch.get_default_dtype()), persistent=False)
+        self.register_constant("mean_matrix", mean)
         self.register_buffer("degree_of", degree, persistent=False)
         self.register_buffer("scale_of", lay.channel_index[c0:] - c0, persistent=False)
 

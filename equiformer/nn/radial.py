@@ -4,15 +4,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .exact_constants import ExactConstants
 
-class GaussianBasis(nn.Module):
+
+class GaussianBasis(ExactConstants):
     """``exp(-(d - mu_k)^2 / (2 sigma^2))`` with centres evenly spaced on ``[0, max_distance]``."""
 
     def __init__(self, num_basis: int, max_distance: float):
         super().__init__()
         if num_basis < 2 or not max_distance > 0:
             raise ValueError(f"need num_basis >= 2 and max_distance > 0, got {num_basis}, {max_distance}")
-        self.register_buffer("centers", torch.linspace(0.0, max_distance, num_basis), persistent=False)
+        self.register_constant("centers", torch.linspace(0.0, max_distance, num_basis, dtype=torch.float64))
         self.width = max_distance / (num_basis - 1)
 
     def forward(self, dist: Tensor) -> Tensor:

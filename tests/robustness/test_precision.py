@@ -49,6 +49,37 @@ def test_float64_end_to_end(attention, path):
     assert grad.dtype == torch.float64 and all(t.dtype == torch.float64 for t in out.degrees.values())
 
 
+@pytest.mark.parametrize("attention", ["l2", "mlp"])
+def test_constants_are_exact_in_the_dtype_a_model_is_converted_to(attention):
+    """A model built under the float32 default and converted with ``.double()`` computes what
+    one built under float64 does: computed constants (head scales, the norms' averaging weights,
+    the distance basis' centres) are not left at their float32 rounding (outputs differed by
+    ~1e-8 relative), and converting back gives the float32 ones again."""
+    config = dict(dim=(6, 3, 5), num_degrees=3, heads=2, dim_head=3, depth=2, dim_in=4, num_radial_basis=7,
+                  valid_radius=3.0, radial_hidden_dim=8, l2_dist_attention=attention == "l2")
+    assert torch.get_default_dtype() == torch.float32
+    converted = Equiformer(**config).double()
+    randomize_parameters(converted, generator=torch.Generator().manual_seed(1))
+    torch.set_default_dtype(torch.float64)
+    try:
+        native = Equiformer(**config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    native.load_state_dict(converted.state_dict())
+    constants = [name for name, b in native.named_buffers() if b.is_floating_point()]
+    assert any(name.endswith("head_scale") for name in constants) == (attention == "l2")
+    for name, buffer in converted.named_buffers():
+        assert torch.equal(buffer, dict(native.named_buffers())[name]), name
+    g = torch.Generator().manual_seed(2)
+    feats, coors = torch.randn(1, 12, 4, generator=g, dtype=torch.float64), torch.randn(1, 12, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(converted(feats, coors).degrees.values(), native(feats, coors).degrees.values()):
+            assert (a - b).abs().max() <= 1e-15 * b.abs().max()
+    single = Equiformer(**config)
+    for name, buffer in native.float().named_buffers():
+        assert torch.equal(buffer, dict(single.named_buffers())[name]), name
+
+
 def denoise_like(reversible: bool) -> Equiformer:
     """The shape of denoise.py's model: backbone tokens, bonds as sparse neighbours and hop
     embeddings, type-1 output."""
