@@ -224,7 +224,9 @@ class Equiformer(nn.Module):
         return cls(**config)
 
     # ------------------------------------------------------------------ inputs
-    def _embed_inputs(self, inputs: Tensor | dict, positions: Tensor, node_dims: int) -> dict[int, Tensor]:
+    def _embed_inputs(
+        self, inputs: Tensor | dict, positions: Tensor, node_dims: int, mask: Tensor | None = None
+    ) -> dict[int, Tensor]:
         """Checked inputs (see ``check_features``) with ``node_dims`` leading node dimensions
         (2: ``(b, n)`` padded, 1: ``(N,)`` packed) -> ``{0: (*nodes, d0), l: (*nodes, d_l, 2l+1)}``.
         ``positions``: every node's index within its graph (for ``num_positions``), broadcastable
@@ -232,7 +234,10 @@ class Equiformer(nn.Module):
         feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
         x0 = feats[0]
         if self.token_emb is not None:
-            x0 = self.token_emb(x0.long())  # any integer dtype (embedding takes int32/int64 only)
+            x0 = x0.long()  # any integer dtype (embedding takes int32/int64 only)
+            if mask is not None:
+                x0 = x0.masked_fill(~mask, 0)  # padding may hold any id (-1...): never read
+            x0 = self.token_emb(x0)
         elif x0.ndim == node_dims + 2:
             x0 = x0[..., 0]  # (..., d0, 1) -> (..., d0)
         if self.pos_emb is not None:
@@ -270,8 +275,8 @@ class Equiformer(nn.Module):
         b, n, _ = coors.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=coors.device)
-        check_features(self, inputs, (b, n), "batch, nodes", largest_graph=n)
-        feats = self._embed_inputs(inputs, torch.arange(n, device=coors.device), node_dims=2)
+        check_features(self, inputs, (b, n), "batch, nodes", largest_graph=n, mask=mask)
+        feats = self._embed_inputs(inputs, torch.arange(n, device=coors.device), node_dims=2, mask=mask)
         if adj_mat is not None and adj_mat.ndim == 2:
             adj_mat = adj_mat[None].expand(b, n, n)
         needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed

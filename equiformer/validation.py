@@ -214,21 +214,28 @@ def _check_floating(name: str, t: Tensor, what: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor ({what}), got dtype {t.dtype}")
 
 
-def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool) -> None:
-    """Integer ids in ``[0, size)``."""
+def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool, real: Tensor | None = None) -> None:
+    """Integer ids in ``[0, size)`` (where ``real`` is True, if given: padding may hold any id,
+    such as -1, since it is never read)."""
     if not _is_integer(ids):
         raise TypeError(f"{name} must be an integer tensor of ids in [0, {size_name}={size}), got dtype {ids.dtype}")
-    if check_values and ids.numel():
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= size:
-            raise ValueError(f"{name} must be ids in [0, {size_name}={size}), got values in [{low}, {high}]")
+    if check_values:
+        used = ids if real is None else ids[real]
+        if used.numel():
+            low, high = int(used.min()), int(used.max())
+            if low < 0 or high >= size:
+                where = "" if real is None else " at real nodes"
+                raise ValueError(f"{name} must be ids in [0, {size_name}={size}){where}, got values in [{low}, {high}]")
 
 
-def check_features(model, inputs: Any, nodes: tuple[int, ...], names: str, largest_graph: int) -> None:
+def check_features(
+    model, inputs: Any, nodes: tuple[int, ...], names: str, largest_graph: int, mask: Tensor | None = None
+) -> None:
     """``inputs`` of ``forward`` (``nodes = (b, n)``, ``names = "batch, nodes"``) or of
     ``forward_packed`` (``(N,)``, ``"nodes"``): token ids ``nodes``, features ``(*nodes, d0)`` (or
     ``(*nodes, d0, 1)``), or ``{l: (*nodes, d_l, 2l + 1)}`` for every input degree (degree 0 as
-    token ids with num_tokens).  ``largest_graph``: nodes of the largest graph (num_positions)."""
+    token ids with num_tokens).  ``largest_graph``: nodes of the largest graph (num_positions).
+    ``mask``: the checked ``(b, n)`` mask of ``forward``; token ids are only checked at real nodes."""
     ref = _model_reference(model)
     if isinstance(inputs, Mapping):
         keys = list(inputs)
@@ -256,9 +263,10 @@ def check_features(model, inputs: Any, nodes: tuple[int, ...], names: str, large
     x0 = feats[0]
     if model.num_tokens:
         _check_placement(name0, x0, ref, floating=False)
-        _check_ids(name0, x0, "num_tokens", model.num_tokens, model.check_inputs)
+        _check_ids(name0, x0, "num_tokens", model.num_tokens, False)  # the dtype
         if _shape(x0) != nodes:
             raise ValueError(f"{name0} must be token ids of shape ({names}) = {nodes} like coors, got {_shape(x0)}")
+        _check_ids(name0, x0, "num_tokens", model.num_tokens, model.check_inputs, real=mask)
     else:
         if not x0.is_floating_point():
             raise TypeError(
@@ -399,9 +407,11 @@ def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> Non
             raise ValueError("edges were given but this model has no edge inputs: construct it with edge_dim (and num_edge_tokens for ids)")
         if model.edge_emb is not None:
             _check_placement("edges", edges, ref, floating=False)
-            _check_ids("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, model.check_inputs)
+            _check_ids("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, False)  # the dtype
             if _shape(edges) != (b, n, n):
                 raise ValueError(f"edges must be edge-token ids of shape (batch, nodes, nodes) = {(b, n, n)}, got {_shape(edges)}")
+            real_pairs = None if mask is None else mask[:, :, None] & mask[:, None, :]
+            _check_ids("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, model.check_inputs, real=real_pairs)
         else:
             _check_floating("edges", edges, "edge features, or construct the model with num_edge_tokens for ids")
             if _shape(edges) != (b, n, n, model.edge_dim):

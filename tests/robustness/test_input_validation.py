@@ -330,6 +330,29 @@ def test_flags_take_1_and_0_and_store_booleans():
     assert model.head is not None and not model.blocks.reversible
 
 
+def test_padding_may_hold_any_token_and_edge_ids():
+    """Padding is never read, so its ids may be anything (-1 is a common pad value), as its
+    coordinates may; ids at real nodes (and pairs of real nodes) are still checked."""
+    model = build("tokens")
+    args = good_arguments("tokens")
+    args["mask"][1, -3:] = False
+    reference = model(**args)
+    spoiled = {**args, "inputs": args["inputs"].clone(), "edges": args["edges"].clone()}
+    spoiled["inputs"][1, -3:] = -1
+    spoiled["edges"][1, -1, :] = 99  # pairs with a padded node
+    spoiled["edges"][1, :, -2] = -7
+    out = model(**spoiled)
+    for a, b in zip(out.degrees.values(), reference.degrees.values()):
+        assert torch.equal(a, b)
+    spoiled["inputs"][1, 0] = -1  # a real node
+    with pytest.raises(ValueError, match=r"inputs must be ids in \[0, num_tokens=5\) at real nodes, got values in \[-1"):
+        model(**spoiled)
+    spoiled["inputs"][1, 0] = 0
+    spoiled["edges"][1, 0, 1] = 3  # a pair of real nodes
+    with pytest.raises(ValueError, match=r"edges must be ids in \[0, num_edge_tokens=3\) at real nodes"):
+        model(**spoiled)
+
+
 def test_adjacency_a_model_does_not_use_is_ignored_with_a_warning():
     """equiformer-pytorch ignores such an adjacency silently; we keep its results (no error)
     but say so, pointing at the caller's line."""
