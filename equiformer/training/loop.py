@@ -184,6 +184,10 @@ def save_timed(session: Session, started: float) -> float:
     return now
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or inf; ``denoise.py`` reports it in one line (exit status 1)."""
+
+
 def fit(session: Session, stop: StopRequest) -> str:
     """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted.
 
@@ -214,8 +218,9 @@ def fit(session: Session, stop: StopRequest) -> str:
             loss_sum, signalled = all_reduce_sum(shared, ctx).tolist()
             loss = loss_sum / (config.per_rank_batch * ctx.world_size)
             if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss is {loss} at step {session.step}: lower --lr or check the data"
+                raise TrainingDiverged(
+                    f"training loss is {loss} at step {session.step}: lower --lr (or --noise), or "
+                    "check the data; this step was not saved"
                 )
             session.window.add(loss, time.perf_counter() - step_start)  # no validation time
             bar.update(1)

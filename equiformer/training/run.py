@@ -28,7 +28,7 @@ from .distributed import (
 )
 from .files import atomic_path, remove_stale_temporaries
 from .interrupt import StopRequest
-from .loop import Session, TrainWindow, fit
+from .loop import Session, TrainingDiverged, TrainWindow, fit
 from .metrics import CURVES_NAME, MetricsLog
 from .objective import bf16_problem, build_model
 from .optim import build_optimizer, build_scheduler
@@ -37,6 +37,8 @@ from .validation import EXAMPLE_NAME, build_validation_set
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, the shell's convention for a job ended by Ctrl-C (after saving, here)."""
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+"""The run itself failed (its loss diverged); the last checkpoint is kept."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SetupError) as error:
         print(f"denoise.py: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingDiverged as error:
+        print(f"denoise.py: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def train(explicit: dict[str, Any]) -> int:

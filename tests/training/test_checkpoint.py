@@ -69,3 +69,11 @@ def test_unusable_out_folder_is_a_setup_error(tmp_path, capsys, layout, message)
     assert run_inline(target, "--steps", "1") == 2
     error = capsys.readouterr().err
     assert error.startswith("denoise.py: error: --out ") and message in error, error
+
+
+def test_diverged_loss_is_one_line_not_a_traceback(tmp_path, capsys):
+    """A NaN/inf loss ends the run with status 1 and one line naming the step and the knobs."""
+    assert run_inline(tmp_path, "--steps", "2", "--noise", "1e30") == 1
+    error = capsys.readouterr().err
+    assert error.startswith("denoise.py: error: training loss is ") and "Traceback" not in error, error
+    assert "at step 1: lower --lr (or --noise)" in error
