@@ -176,8 +176,9 @@ def knn_edges(
 
     ``pos``: ``(B, n, 3)``; ``mask``: ``(B, n)``; ``exclude``: padded-flat ``(dst, src)`` pairs that
     must not be picked (they are already neighbours through the adjacency).  Large graphs with a
-    finite ``k`` use a cell grid (time and memory O(n k)); otherwise rows are compared with all
-    nodes in chunks of ``chunk_elements / (B n)`` (memory linear in ``n``, time O(n^2)).
+    finite ``k`` (or ``k = inf`` and a radius holding few of their nodes) use a cell grid (time
+    and memory O(n k)); otherwise rows are compared with all nodes in chunks of
+    ``chunk_elements / (B n)`` (memory linear in ``n``, time O(n^2)).
     ``by_size``: when padding to the largest graph would more than double the search (graphs of
     very different sizes), graphs are searched in groups of similar size with their real nodes
     moved to the front (see ``size_groups``).  All of these give exactly the same edges.
@@ -230,7 +231,22 @@ def _padded_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_ele
     # compared with 27 padded copies of itself; the exhaustive search is then the cheaper one
     if n >= GRID_MIN_NODES and num_neighbors * _GRID_MAX_K_FRACTION < n:
         return grid_knn_edges(pos, mask, int(num_neighbors), valid_radius, exclude, chunk_elements)
+    # a radius alone: the same rule, with the most neighbours any sampled node has within it
+    if n >= GRID_MIN_NODES and num_neighbors == INF and valid_radius < INF:
+        if _most_within_radius(pos, mask, valid_radius, chunk_elements) * _GRID_MAX_K_FRACTION < n:
+            return grid_knn_edges(pos, mask, INF, valid_radius, exclude, chunk_elements)
     return brute_knn_edges(pos, mask, num_neighbors, valid_radius, exclude, chunk_elements)
+
+
+def _most_within_radius(pos: Tensor, mask: Tensor, radius: float, chunk_elements: int) -> int:
+    """The most other nodes within ``radius`` of any of 256 evenly spaced real nodes: a cheap
+    (O(256 n)) guess of how full the cells of a radius-wide grid would be."""
+    nodes = mask.reshape(-1).nonzero().flatten()
+    if nodes.numel() == 0:
+        return 0
+    sample = nodes[torch.linspace(0, nodes.numel() - 1, min(256, nodes.numel()), device=pos.device).long()]
+    dst, _ = _brute_rows(pos.detach(), mask, INF, radius, None, chunk_elements, sample)
+    return int(torch.bincount(dst).max()) if dst.numel() else 0
 
 
 def size_groups(counts: Tensor, padded_width: int | None = None) -> list[Tensor] | None:
@@ -412,7 +428,7 @@ def _cell_chunks(occupancy: Tensor, reach: Tensor, chunk_elements: int) -> list[
 def grid_knn_edges(
     pos: Tensor,
     mask: Tensor,
-    k: int,
+    k: float,
     radius: float,
     exclude: tuple[Tensor, Tensor] | None = None,
     chunk_elements: int = 1 << 23,
@@ -427,7 +443,8 @@ def grid_knn_edges(
     again on grids twice as coarse, until none is left or the cells outgrow the graphs; what
     remains then (graphs with fewer than k other nodes) is searched exhaustively.  Excluded pairs
     are handled by searching a few more neighbours and dropping them.  Ties are broken as in the
-    exhaustive search (``k_nearest``), so both give the same edges.
+    exhaustive search (``k_nearest``), so both give the same edges.  ``k = inf`` with a finite
+    ``radius``: every node within it, on one grid of radius-wide cells.
     """
     b, n, _ = pos.shape
     device = pos.device
@@ -437,17 +454,21 @@ def grid_knn_edges(
     if nodes.numel() == 0:
         return _no_edges(device)
     ex = _exclusion_keys(exclude, size)
-    extra = int(torch.bincount(exclude[0]).max()) if ex is not None else 0
-    want = k + extra  # neighbours to find before dropping excluded pairs
+    extra = torch.bincount(exclude[0], minlength=size)[nodes] if ex is not None else None  # (P,)
+    groups = _want_groups(extra, k, nodes.numel(), device)  # neighbours to find before dropping excluded pairs
+    want = groups[0][1]
 
     flat = pos.reshape(size, 3)
     p = flat[nodes]  # (P, 3)
     graph = nodes // n
-    sample = nodes[torch.linspace(0, nodes.numel() - 1, min(256, nodes.numel()), device=device).long()]
-    sd, ss = _brute_rows(pos, mask, want, INF, None, chunk_elements, sample)
-    kth = torch.zeros(size, dtype=pos.dtype, device=device).scatter_reduce(
-        0, sd, torch.linalg.vector_norm(flat[sd] - flat[ss], dim=-1), "amax"
-    )[sample]
+    if want == INF:  # all within the radius: cells as wide as the radius, no sample needed
+        kth = torch.full((1,), INF, dtype=pos.dtype, device=device)
+    else:
+        sample = nodes[torch.linspace(0, nodes.numel() - 1, min(256, nodes.numel()), device=device).long()]
+        sd, ss = _brute_rows(pos, mask, want, INF, None, chunk_elements, sample)
+        kth = torch.zeros(size, dtype=pos.dtype, device=device).scatter_reduce(
+            0, sd, torch.linalg.vector_norm(flat[sd] - flat[ss], dim=-1), "amax"
+        )[sample]
     lo = torch.full((b, 3), INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amin")
     hi = torch.full((b, 3), -INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amax")
     extent = float(torch.where(torch.isfinite(hi - lo), hi - lo, 0).max())  # widest side of any graph
@@ -459,23 +480,24 @@ def grid_knn_edges(
         return 16 * (torch.finfo(p.dtype).eps * size + torch.finfo(torch.float64).eps * span)
 
     largest = radius + 2 * margin(radius) if radius != INF else INF  # cells this wide see the radius
-    h = float(kth.median()) * 1.5 if kth.numel() else 1.0
-    h = max(min(h, largest), 1e-12)
+    first_h = max(min(float(kth.median()) * 1.5 if kth.numel() else 1.0, largest), 1e-12)
     out_dst, out_src = [], []
-    pending = torch.ones(p.shape[0], dtype=torch.bool, device=device)
-    for _ in range(_GRID_PASSES):
-        d, s, pending = _grid_pass(p, graph, lo, h, pending, want, radius, chunk_elements, margin(h))
-        out_dst.append(d)
-        out_src.append(s)
-        # cells wider than every graph hold whole graphs: nothing a coarser grid could add
-        if not bool(pending.any()) or h >= largest or h > extent:
-            break
-        h = min(2 * h, largest)
-    dst, src = nodes[torch.cat(out_dst)], nodes[torch.cat(out_src)]
-    rest = pending.nonzero().flatten()
-    if rest.numel():
-        d, s = _brute_rows(pos, mask, want, radius, None, chunk_elements, nodes[rest])
-        dst, src = torch.cat([dst, d]), torch.cat([src, s])
+    for pending, want in groups:
+        h = first_h
+        for _ in range(_GRID_PASSES):
+            d, s, pending = _grid_pass(p, graph, lo, h, pending, want, radius, chunk_elements, margin(h))
+            out_dst.append(nodes[d])
+            out_src.append(nodes[s])
+            # cells wider than every graph hold whole graphs: nothing a coarser grid could add
+            if not bool(pending.any()) or h >= largest or h > extent:
+                break
+            h = min(2 * h, largest)
+        rest = pending.nonzero().flatten()
+        if rest.numel():
+            d, s = _brute_rows(pos, mask, want, radius, None, chunk_elements, nodes[rest])
+            out_dst.append(d)
+            out_src.append(s)
+    dst, src = torch.cat(out_dst), torch.cat(out_src)
     if ex is None:
         return dst, src
     # drop excluded pairs, then keep the k nearest of what remains (ties: lowest id first, as
@@ -486,6 +508,26 @@ def grid_knn_edges(
     dst, src = dst[by_id], src[by_id]
     best = _best_per_receiver(dst, torch.linalg.vector_norm(flat[src] - flat[dst], dim=-1), k)
     return dst[best], src[best]
+
+
+def _want_groups(extra: Tensor | None, k: int, rows: int, device: torch.device) -> list[tuple[Tensor, int]]:
+    """The ``rows`` queries as groups: a (rows,) bool mask and the neighbours to find, ``k`` plus
+    the most excluded pairs (``extra``, (rows,)) of any row in the group.  One group, unless
+    setting the rows with the most exclusions apart (a hub bonded to many nodes, a virtual node)
+    at least halves the candidates: with one group every row would look for ``k`` plus the hub's
+    bond count, O(n^2) for a hub bonded to a fixed share of the nodes."""
+    everyone = torch.ones(rows, dtype=torch.bool, device=device)
+    if extra is None or rows == 0 or k == INF:
+        return [(everyone, k)]
+    values, counts = torch.unique(extra, return_counts=True)  # ascending
+    below = torch.cumsum(counts, 0)  # rows with at most values[i] exclusions
+    most = int(values[-1])
+    cost = below * (k + values) + (rows - below) * (k + most)  # candidates when splitting at values[i]
+    best = int(torch.argmin(cost))
+    if best == values.numel() - 1 or 2 * int(cost[best]) > rows * (k + most):
+        return [(everyone, k + most)]
+    cut = int(values[best])
+    return [(extra <= cut, k + cut), (extra > cut, k + most)]
 
 
 _CELL_OFFSETS = torch.tensor([[i, j, l] for i in (-1, 0, 1) for j in (-1, 0, 1) for l in (-1, 0, 1)])  # a cell and its 26 neighbours
@@ -501,7 +543,7 @@ def _cell_table(cell_of: Tensor, ids: Tensor, dummy: int) -> tuple[Tensor, Tenso
 
 
 def _grid_pass(
-    p: Tensor, graph: Tensor, lo: Tensor, h: float, pending: Tensor, want: int, radius: float, chunk_elements: int,
+    p: Tensor, graph: Tensor, lo: Tensor, h: float, pending: Tensor, want: float, radius: float, chunk_elements: int,
     slack: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One grid of cell size ``h`` over all points ``p`` (P, 3) of graphs ``graph`` (P,) whose
@@ -541,9 +583,11 @@ def _grid_pass(
         dist = torch.cdist(coords[query], coords[cand], compute_mode="donot_use_mm_for_euclid_dist")  # (Q, W, 27 W)
         invalid = (cand == dummy)[:, None, :] | (cand[:, None, :] == query[:, :, None])
         dist = dist.masked_fill(invalid, INF)
-        take = min(want, dist.shape[-1])
-        values, slot = k_nearest(dist, take, cand[:, None, :].expand_as(dist))  # (Q, W, want), nearest first
-        found = cand.gather(1, slot.reshape(rows.numel(), -1)).view_as(slot)
+        if want == INF:  # every candidate (the radius decides below)
+            values, found = dist, cand[:, None, :].expand_as(dist)
+        else:
+            values, slot = k_nearest(dist, min(want, dist.shape[-1]), cand[:, None, :].expand_as(dist))  # (Q, W, want), nearest first
+            found = cand.gather(1, slot.reshape(rows.numel(), -1)).view_as(slot)
         real = query != dummy  # (Q, W)
         within = torch.isfinite(values) & (values <= radius)
         exact = (radius <= h - slack) | (within.sum(-1) >= want) & (values[..., -1] <= h - slack)

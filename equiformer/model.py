@@ -343,7 +343,13 @@ class Equiformer(nn.Module):
         if edge_index is not None:
             edge_lookup = sparse_edge_lookup(edge_index, edge_attr, graph_index)
         graph = self._graph(coors, graph_index=graph_index, adjacency=pairs)
-        x = self._run(x, coors, graph, None, graph_index, num_graphs, edge_lookup)
+        # per-graph work inside the network (global linear attention) over the graphs that have
+        # nodes, numbered densely: sparse ids (1e6 for two graphs) would size it by the largest id
+        node_graph, run_graphs = graph_index, num_graphs
+        if not one_graph and n_nodes and not bool((counts > 0).all()):
+            present = counts > 0
+            node_graph, run_graphs = (torch.cumsum(present, 0) - 1)[graph_index], int(present.sum())
+        x = self._run(x, coors, graph, None, node_graph, run_graphs, edge_lookup)
         if return_pooled:  # per-graph means of the flat outputs (N, F) -> (graphs, F)
             sizes = counts.clamp(min=1) if counts.numel() else counts.new_ones(1)  # (graphs,)
             x = segment_sum(x, graph_index, num_graphs) / sizes.to(x.dtype)[:, None]

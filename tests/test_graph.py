@@ -137,6 +137,64 @@ def test_grid_search_equals_exhaustive_search():
         assert a[0].numel() > 0
 
 
+def test_radius_alone_is_searched_on_a_grid_with_the_exhaustive_edges(monkeypatch):
+    """``num_neighbors=inf`` with a finite radius on a large sparse graph: one grid of radius-wide
+    cells (was exhaustive, O(n^2) time), every neighbour within the radius, no more."""
+    import equiformer.graph as graph_module
+    from equiformer.graph import brute_knn_edges, grid_knn_edges
+
+    g = torch.Generator().manual_seed(3)
+    pos = torch.rand(2, 2500, 3, generator=g, dtype=torch.float64) * 60
+    pos[0, :20] *= 5  # a sparse halo
+    pos[1, 7] = pos[1, 8]  # coincident nodes
+    mask = torch.rand(2, 2500, generator=g) > 0.1
+    edges = lambda pair: set(zip(*map(torch.Tensor.tolist, pair)))  # noqa: E731
+    b = brute_knn_edges(pos, mask, INF, 4.0)
+    assert edges(grid_knn_edges(pos, mask, INF, 4.0)) == edges(b) and b[0].numel() > 2 * 2500
+    exclude = (b[0][::7], b[1][::7])  # pairs that are within the radius
+    excluded = brute_knn_edges(pos, mask, INF, 4.0, exclude)
+    assert edges(grid_knn_edges(pos, mask, INF, 4.0, exclude)) == edges(excluded) == edges(b) - edges(exclude)
+    used = []
+    monkeypatch.setattr(graph_module, "grid_knn_edges", lambda *args: used.append(args[2]) or grid_knn_edges(*args))
+    found = knn_edges(pos, mask, INF, 4.0)
+    assert used == [INF] and edges(found) == edges(b)
+    used.clear()
+    knn_edges(pos, mask, INF, 100.0)  # a radius spanning the graph: every cell would hold it all
+    assert used == []
+
+
+def test_grid_search_with_a_hub_bonded_to_many_nodes():
+    """A hub (a virtual node, a metal) excluded from 300 nodes' searches: still the exhaustive
+    search's edges, and the other nodes do not look for k + 300 candidates each (the k-nearest
+    selections stay O(n k), not O(n * hub degree))."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from equiformer.graph import brute_knn_edges, grid_knn_edges
+
+    class SelectedElements(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.topk, torch.ops.aten.sort):
+                SelectedElements.total += out[0].numel()
+            return out
+
+    n, k, hub = 3000, 8, 300
+    pos = torch.rand(1, n, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 30
+    mask = torch.ones(1, n, dtype=torch.bool)
+    chain = torch.arange(n - 1)
+    leaves = torch.arange(1, hub + 1) * 7
+    dst = torch.cat([chain, chain + 1, torch.zeros(hub, dtype=torch.long), leaves])
+    src = torch.cat([chain + 1, chain, leaves, torch.zeros(hub, dtype=torch.long)])
+    with SelectedElements():
+        a = grid_knn_edges(pos, mask, k, INF, (dst, src))
+    b = brute_knn_edges(pos, mask, k, INF, (dst, src))
+    assert set(zip(*map(torch.Tensor.tolist, a))) == set(zip(*map(torch.Tensor.tolist, b)))
+    assert a[0].numel() == n * k
+    assert SelectedElements.total < 20 * n * (k + 3), SelectedElements.total  # was ~ n (k + hub)
+
+
 def test_grid_search_on_a_dense_core_in_a_sparse_cloud():
     """A Gaussian cloud: cell occupancy from 1 to dozens; still the exhaustive search's edges."""
     from equiformer.graph import brute_knn_edges, grid_knn_edges

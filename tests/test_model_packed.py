@@ -199,3 +199,34 @@ def test_packed_pooled_over_no_graphs_has_no_rows():
     feats, coors = torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64)
     assert model.forward_packed(feats, coors, torch.zeros(0, dtype=torch.long), return_pooled=True).type0.shape[0] == 0
     assert model.forward_packed(feats, coors, return_pooled=True).type0.shape[0] == 1
+
+
+def test_sparse_graph_ids_cost_what_their_graphs_cost():
+    """Two graphs with ids 0 and 100,000: the global linear attention works on those two graphs,
+    not on 100,001 (it allocated per-id (graphs, heads, d, d) tensors in every layer), and gives
+    what ids 0 and 1 give."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    model = make_model(num_linear_attn_heads=2)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(20, 5, dtype=torch.float64, generator=g)
+    coors = torch.randn(20, 3, dtype=torch.float64, generator=g)
+    dense = (torch.arange(20) >= 12).long()
+    reference = model.forward_packed(feats, coors, dense)
+    with Largest():
+        sparse = model.forward_packed(feats, coors, dense * 100_000)
+    for a, b in zip(sparse.degrees.values(), reference.degrees.values()):
+        assert (a - b).abs().max() <= 1e-12
+    assert Largest.numel <= 100_001, Largest.numel  # at most one entry per id (node counts), was 12.8M
+    pooled = model.forward_packed(feats, coors, dense * 1000, return_pooled=True)
+    assert pooled.type0.shape[0] == 1001 and pooled.type0[1:1000].abs().max() == 0
