@@ -29,6 +29,7 @@ CASES = [
     ("op_profile.py", [], rf"^denoise-quick forward: untimed step {NUMBER} ms; \d+ operations"),
     ("mixed_sizes.py", ON_CPU, rf"^ +forward_packed +{NUMBER} +forward +{NUMBER} +{NUMBER}x$"),
     ("neighbour_search.py", ON_CPU, rf"^ +600 +gaussian +{NUMBER} +{NUMBER} +{NUMBER}x$"),
+    ("neighbour_search.py", ON_CPU + ["--radius", "5"], rf"^ +600 +uniform +{NUMBER} +{NUMBER} +{NUMBER}x$"),
 ]
 
 
