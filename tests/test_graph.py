@@ -377,3 +377,65 @@ def test_huge_finite_num_neighbors_is_all_neighbours():
     every = _edge_set(knn_edges(pos, mask, INF, 0.6))
     for k in (1e300, 10**20, 2099):
         assert _edge_set(knn_edges(pos, mask, k, 0.6)) == every
+
+
+def _edge_set(pair):
+    return set(zip(*map(torch.Tensor.tolist, pair)))
+
+
+def test_grid_ranks_and_cuts_with_the_exhaustive_search_distances():
+    """float64: the exclusion path's final ranking and the fallback rows of several graphs used
+    ``vector_norm``, which rounds differently from ``cdist`` in the last bit; a near tie then went
+    to another node and an edge at exactly the radius was dropped."""
+    from equiformer.graph import brute_knn_edges
+
+    dt = torch.float64
+    n = 2048
+    u = torch.tensor([0.4349647413157628, 1.4338749627661576, 0.06934165389187699], dtype=dt)
+    w = torch.tensor([-1.1458649644597436, -0.22446863099115644, 0.9415982778895815], dtype=dt)
+    far = torch.stack(torch.meshgrid(*[torch.arange(13, dtype=dt)] * 3, indexing="ij"), -1).reshape(-1, 3) * 100 + 1000
+    pos = torch.cat([torch.zeros(1, 3, dtype=dt), u[None], w[None], far[: n - 3]])[None]
+    mask = torch.ones(1, n, dtype=torch.bool)
+    exclude = (torch.tensor([0]), torch.tensor([n - 1]))  # takes the exclusion path
+    assert _edge_set(knn_edges(pos, mask, 1, INF, exclude)) == _edge_set(brute_knn_edges(pos, mask, 1, INF, exclude))
+
+
+def test_grid_cell_keys_never_alias_other_graphs():
+    """Two graphs 4.2e6 radii wide: int64 cell keys wrapped around and linked every node to the
+    other graph's (4,096 cross-graph edges where there are none)."""
+    from equiformer.graph import brute_knn_edges, grid_knn_edges
+
+    n, side = 2048, 2.0**22 - 2.5
+    pts = torch.rand(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * side
+    pts[0], pts[1] = 0.0, side
+    pos = pts[None].repeat(2, 1, 1)
+    pos[1] += 0.5
+    mask = torch.ones(2, n, dtype=torch.bool)
+    reference = _edge_set(brute_knn_edges(pos, mask, INF, 1.0))
+    for k in (INF, 4):
+        found = grid_knn_edges(pos, mask, k, 1.0)
+        assert _edge_set(found) == reference and bool((found[0] // n == found[1] // n).all())
+
+
+def test_grid_fallback_rows_of_several_graphs_keep_edges_at_the_radius():
+    """Halo rows of two graphs searched exhaustively together: a pair exactly at the radius (as
+    the exhaustive search measures it) must stay."""
+    from equiformer.graph import brute_knn_edges
+
+    dt, n = torch.float64, 2048
+    g = torch.Generator().manual_seed(0)
+    centre = torch.tensor([50.0, 50.0, 50.0], dtype=dt)
+    for _ in range(100000):  # a partner whose vector_norm distance rounds above its cdist one
+        u = torch.randn(3, generator=g, dtype=dt)
+        partner = centre + u / u.norm() * 1.5
+        radius = torch.cdist(centre[None], partner[None], compute_mode="donot_use_mm_for_euclid_dist").item()
+        if torch.linalg.vector_norm(partner - centre).item() > radius:
+            break
+    core = torch.stack(torch.meshgrid(torch.arange(12), torch.arange(12), torch.arange(13), indexing="ij"), -1).reshape(-1, 3).to(dt) * 1e-3
+    lone = torch.tensor([[-50.0, -50, -50], [80, -50, 20], [-50, 80, 20]], dtype=dt)
+    graph = torch.cat([core, centre[None], partner[None], lone])
+    pos = torch.cat([graph, torch.zeros(n - graph.shape[0], 3, dtype=dt)])[None].repeat(2, 1, 1)
+    mask = torch.zeros(2, n, dtype=torch.bool)
+    mask[:, : graph.shape[0]] = True
+    found = _edge_set(knn_edges(pos, mask, 4, radius, by_size=False))
+    assert found == _edge_set(brute_knn_edges(pos, mask, 4, radius))
