@@ -20,6 +20,7 @@ from .data import BatchOrder, fingerprint, load_backbones, make_batch, split
 from .distributed import (
     DistContext,
     all_reduce_sum,
+    barrier,
     context_from_env,
     gather_digests,
     init_process_group,
@@ -304,6 +305,9 @@ def report(session: Session, status: str) -> int:
         session.metrics.write(kind="end", step=session.step, status=status,
                               param_digests=digests, elapsed_s=session.elapsed)
         session.metrics.plot(session.out / CURVES_NAME)
+    # leave together: a rank tearing its gloo group down while rank 0 still writes the plot
+    # aborted now and then ("terminate called without an active exception", SIGABRT)
+    barrier(session.ctx)
     if status == "interrupted":
         session.say(f"interrupted at step {session.step} of {config.steps}; checkpoint saved. "
                     f"Continue with: denoise.py --out {config.out} --resume")
