@@ -251,9 +251,13 @@ def _most_within_radius(pos: Tensor, mask: Tensor, radius: float, chunk_elements
     nodes = mask.reshape(-1).nonzero().flatten()
     if nodes.numel() == 0:
         return 0
-    sample = nodes[torch.linspace(0, nodes.numel() - 1, min(256, nodes.numel()), device=pos.device).long()]
-    dst, _ = _brute_rows(pos.detach(), mask, INF, radius, None, chunk_elements, sample)
+    dst, _ = _brute_rows(pos.detach(), mask, INF, radius, None, chunk_elements, _spread_sample(nodes))
     return int(torch.bincount(dst).max()) if dst.numel() else 0
+
+
+def _spread_sample(nodes: Tensor, size: int = 256) -> Tensor:
+    """At most ``size`` of ``nodes``, evenly spaced through them (the grid's probes)."""
+    return nodes[torch.linspace(0, nodes.numel() - 1, min(size, nodes.numel()), device=nodes.device).long()]
 
 
 def size_groups(counts: Tensor, padded_width: int | None = None) -> list[Tensor] | None:
@@ -471,7 +475,7 @@ def grid_knn_edges(
     if want == INF:  # all within the radius: cells as wide as the radius, no sample needed
         kth = torch.full((1,), INF, dtype=pos.dtype, device=device)
     else:
-        sample = nodes[torch.linspace(0, nodes.numel() - 1, min(256, nodes.numel()), device=device).long()]
+        sample = _spread_sample(nodes)
         sd, ss = _brute_rows(pos, mask, want, INF, None, chunk_elements, sample)
         kth = torch.zeros(size, dtype=pos.dtype, device=device).scatter_reduce(
             0, sd, torch.linalg.vector_norm(flat[sd] - flat[ss], dim=-1), "amax"
@@ -517,7 +521,7 @@ def grid_knn_edges(
     return dst[best], src[best]
 
 
-def _want_groups(extra: Tensor | None, k: int, rows: int, device: torch.device) -> list[tuple[Tensor, int]]:
+def _want_groups(extra: Tensor | None, k: float, rows: int, device: torch.device) -> list[tuple[Tensor, float]]:
     """The ``rows`` queries as groups: a (rows,) bool mask and the neighbours to find, ``k`` plus
     the most excluded pairs (``extra``, (rows,)) of any row in the group.  One group, unless
     setting the rows with the most exclusions apart (a hub bonded to many nodes, a virtual node)
@@ -560,15 +564,14 @@ def _grid_pass(
     (queries that need a coarser grid)."""
     device = p.device
     scaled = torch.floor((p.double() - lo[graph].double()) / h)  # (P, 3) cell coordinates from 0
-    graphs = int(graph.max()) + 1 if graph.numel() else 1
-    widest = float(scaled.max()) + 3 if scaled.numel() else 3.0
-    if graphs * widest**3 >= 2.0**62:
+    dims = (scaled.max(0).values + 3).tolist()  # cells per axis, with a border cell on each side
+    if (int(graph.max()) + 1) * dims[0] * dims[1] * dims[2] >= 2.0**62:
         # cell keys would overflow int64 (and alias cells of other graphs): a graph millions of
         # cells wide is left to a coarser grid, or to the exhaustive search
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, pending
+    dims = [int(d) for d in dims]
     cell = scaled.long() + 1  # (P, 3), >= 1 so neighbours stay >= 0
-    dims = (cell.max(0).values + 2).tolist()
 
     def key_of(g: Tensor, c: Tensor) -> Tensor:
         return ((g * dims[0] + c[..., 0]) * dims[1] + c[..., 1]) * dims[2] + c[..., 2]

@@ -346,8 +346,8 @@ class Equiformer(nn.Module):
         # per-graph work inside the network (global linear attention) over the graphs that have
         # nodes, numbered densely: sparse ids (1e6 for two graphs) would size it by the largest id
         node_graph, run_graphs = graph_index, num_graphs
-        if not one_graph and n_nodes and not bool((counts > 0).all()):
-            present = counts > 0
+        present = counts > 0
+        if not one_graph and n_nodes and not bool(present.all()):
             node_graph, run_graphs = (torch.cumsum(present, 0) - 1)[graph_index], int(present.sum())
         x = self._run(x, coors, graph, None, node_graph, run_graphs, edge_lookup)
         if return_pooled:  # per-graph means of the flat outputs (N, F) -> (graphs, F)

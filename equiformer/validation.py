@@ -214,18 +214,27 @@ def _check_floating(name: str, t: Tensor, what: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor ({what}), got dtype {t.dtype}")
 
 
-def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool, real: Tensor | None = None) -> None:
-    """Integer ids in ``[0, size)`` (where ``real`` is True, if given: padding may hold any id,
-    such as -1, since it is never read)."""
+def _check_id_dtype(name: str, ids: Tensor, size_name: str, size: int) -> None:
     if not _is_integer(ids):
         raise TypeError(f"{name} must be an integer tensor of ids in [0, {size_name}={size}), got dtype {ids.dtype}")
+
+
+def _check_id_values(name: str, ids: Tensor, size_name: str, size: int, real: Tensor | None = None) -> None:
+    """Ids in ``[0, size)`` where ``real`` is True, if given (padding may hold any id, such as
+    -1, since it is never read)."""
+    used = ids if real is None else ids[real]
+    if used.numel():
+        low, high = int(used.min()), int(used.max())
+        if low < 0 or high >= size:
+            where = "" if real is None else " at real nodes"
+            raise ValueError(f"{name} must be ids in [0, {size_name}={size}){where}, got values in [{low}, {high}]")
+
+
+def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool) -> None:
+    """Integer ids in ``[0, size)`` (the values only when ``check_values``)."""
+    _check_id_dtype(name, ids, size_name, size)
     if check_values:
-        used = ids if real is None else ids[real]
-        if used.numel():
-            low, high = int(used.min()), int(used.max())
-            if low < 0 or high >= size:
-                where = "" if real is None else " at real nodes"
-                raise ValueError(f"{name} must be ids in [0, {size_name}={size}){where}, got values in [{low}, {high}]")
+        _check_id_values(name, ids, size_name, size)
 
 
 def check_features(
@@ -263,10 +272,11 @@ def check_features(
     x0 = feats[0]
     if model.num_tokens:
         _check_placement(name0, x0, ref, floating=False)
-        _check_ids(name0, x0, "num_tokens", model.num_tokens, False)  # the dtype
+        _check_id_dtype(name0, x0, "num_tokens", model.num_tokens)
         if _shape(x0) != nodes:
             raise ValueError(f"{name0} must be token ids of shape ({names}) = {nodes} like coors, got {_shape(x0)}")
-        _check_ids(name0, x0, "num_tokens", model.num_tokens, model.check_inputs, real=mask)
+        if model.check_inputs:
+            _check_id_values(name0, x0, "num_tokens", model.num_tokens, real=mask)
     else:
         if not x0.is_floating_point():
             raise TypeError(
@@ -407,11 +417,12 @@ def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> Non
             raise ValueError("edges were given but this model has no edge inputs: construct it with edge_dim (and num_edge_tokens for ids)")
         if model.edge_emb is not None:
             _check_placement("edges", edges, ref, floating=False)
-            _check_ids("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, False)  # the dtype
+            _check_id_dtype("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings)
             if _shape(edges) != (b, n, n):
                 raise ValueError(f"edges must be edge-token ids of shape (batch, nodes, nodes) = {(b, n, n)}, got {_shape(edges)}")
-            real_pairs = None if mask is None else mask[:, :, None] & mask[:, None, :]
-            _check_ids("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, model.check_inputs, real=real_pairs)
+            if model.check_inputs:
+                real_pairs = None if mask is None else mask[:, :, None] & mask[:, None, :]
+                _check_id_values("edges", edges, "num_edge_tokens", model.edge_emb.num_embeddings, real=real_pairs)
         else:
             _check_floating("edges", edges, "edge features, or construct the model with num_edge_tokens for ids")
             if _shape(edges) != (b, n, n, model.edge_dim):

@@ -264,8 +264,8 @@ def _restore(
             raise SetupError(f"cannot resume from {path}: its {what} cannot be loaded into "
                              f"this run ({type(error).__name__}: {detail})") from error
     try:  # optional keys (added within format 1): missing means an empty window, nothing due
-        window = TrainWindow.from_state(checkpoint.get("train_window") or {
-            "loss_sum": 0.0, "steps": 0, "seconds": 0.0})
+        state = checkpoint.get("train_window")
+        window = TrainWindow.from_state(state) if state else TrainWindow()
         validation_due = checkpoint.get("validation_due", False)
         if window.steps < 0 or not isinstance(validation_due, bool):
             raise ValueError("negative step count or non-boolean validation_due")
