@@ -18,8 +18,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["equiformer", "equiformer.*"]),
     package_data={"equiformer.data": ["*.npz", "*.txt"]},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.1", "einops>=0.7", "numpy>=1.22"],
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy>=1.26"],
     extras_require={
         "denoise": denoise_requires,
         "test": test_requires,

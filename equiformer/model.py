@@ -25,7 +25,7 @@ from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 from .nn.scatter import segment_sum
-from .nn.transforms import functorch_transform_active
+from .nn.transforms import check_distance_search_under_transforms, functorch_transform_active
 from .packing import sparse_edge_lookup, sparse_pairs
 from .validation import check_config, plain_config, check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
 
@@ -376,6 +376,8 @@ class Equiformer(nn.Module):
     def _graph(self, coors: Tensor, **nodes) -> Graph:
         """Edges by the model's settings; ``nodes``: ``mask=`` (padded ``coors``) or
         ``graph_index=`` (packed), and ``adjacency=`` pairs in the same node ids."""
+        if self.num_neighbors > 0:
+            check_distance_search_under_transforms()
         return build_graph(
             coors,
             nodes.pop("mask", None),

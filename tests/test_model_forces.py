@@ -5,6 +5,15 @@ import torch
 
 from model_factory import chain_adjacency, make_inputs, make_model
 
+from equiformer.nn import transforms
+from equiformer.nn.transforms import MIN_TORCH_FOR_DISTANCE_SEARCH_UNDER_TRANSFORMS as NEED, torch_release
+
+# the oldest torch this package supports (setup.py) runs every test but these: under it they get
+# the clear error that test_old_torch_refuses_transforms_by_name checks instead
+needs_transform_search = pytest.mark.skipif(
+    torch_release() < NEED, reason=f"torch.func through the distance search needs torch >= {NEED[0]}.{NEED[1]}"
+)
+
 
 @pytest.mark.parametrize(
     "overrides",
@@ -96,6 +105,7 @@ def test_training_on_forces_has_exact_parameter_gradients(overrides):
     [dict(), dict(l2_dist_attention=False), dict(reversible=True), dict(edge_chunk_size=7)],
     ids=["l2", "mlp", "reversible", "edge-chunks"],
 )
+@needs_transform_search
 def test_torch_func_forces_and_hessian(overrides):
     """``torch.func.grad`` and ``torch.func.hessian`` of an energy in the coordinates give
     autograd's forces and second derivatives (the memory-saving paths step aside under them)."""
@@ -137,6 +147,7 @@ def test_hessian_with_a_capped_adjacency():
     assert torch.equal(torch.func.hessian(energy)(coors).reshape(3 * n, 3 * n), first)
 
 
+@needs_transform_search
 @pytest.mark.parametrize("tensor_product", ["so2", "cg"])
 def test_hessian_twice_in_a_fresh_process(tensor_product):
     """Constants cached on first use (layouts, rotation gather indices, Clebsch-Gordan tensors)
@@ -157,3 +168,26 @@ assert torch.equal(first, second) and first.abs().max() > 0
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("version, release", [("2.4.1+cu121", (2, 4)), ("2.10.0a0+git1234", (2, 10)), ("2.13.0+cpu", (2, 13)), ("3.0", (3, 0))])
+def test_torch_release_parses_version_strings(version, release):
+    assert torch_release(version) == release
+
+
+def test_old_torch_refuses_transforms_by_name(monkeypatch):
+    """Before torch 2.10 functorch refused the distance search's data access with "Cannot access
+    data pointer of Tensor that doesn't have storage" (measured on 2.4.1 to 2.9.1); the model now
+    says what is needed instead, and plain autograd forces still work there."""
+    monkeypatch.setattr(transforms, "torch_release", lambda version=None: (2, 4))
+    model = make_model(valid_radius=3.0)
+    feats, coors, mask = make_inputs(model, b=1, n=6, mask_fraction=0.0)
+
+    def energy(x):
+        return model(feats, x, mask).type0.sum()
+
+    with pytest.raises(RuntimeError, match=r"torch\.func.*num_neighbors > 0.*torch >= 2\.10"):
+        torch.func.grad(energy)(coors)
+    x = coors.clone().requires_grad_()
+    (forces,) = torch.autograd.grad(energy(x), x)
+    assert forces.abs().max() > 0
