@@ -159,6 +159,11 @@ def _cdist(a: Tensor, b: Tensor) -> Tensor:
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+def _pair_distances(points: Tensor, dst: Tensor, src: Tensor) -> Tensor:
+    """``(E,)`` distances of the pairs ``points[dst]``, ``points[src]``, by ``_cdist``."""
+    return _cdist(points[dst][:, None, :], points[src][:, None, :]).view(-1)
+
+
 def _no_edges(device: torch.device) -> tuple[Tensor, Tensor]:
     """An empty ``(dst, src)`` edge list."""
     empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -478,7 +483,7 @@ def grid_knn_edges(
         sample = _spread_sample(nodes)
         sd, ss = _brute_rows(pos, mask, want, INF, None, chunk_elements, sample)
         kth = torch.zeros(size, dtype=pos.dtype, device=device).scatter_reduce(
-            0, sd, torch.linalg.vector_norm(flat[sd] - flat[ss], dim=-1), "amax"
+            0, sd, _pair_distances(flat, sd, ss), "amax"
         )[sample]
     lo = torch.full((b, 3), INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amin")
     hi = torch.full((b, 3), -INF, dtype=p.dtype, device=device).scatter_reduce(0, graph[:, None].expand(-1, 3), p, "amax")
@@ -517,7 +522,7 @@ def grid_knn_edges(
     dst, src = dst[keep], src[keep]
     by_id = torch.argsort(src, stable=True)
     dst, src = dst[by_id], src[by_id]
-    best = _best_per_receiver(dst, _cdist(flat[dst][:, None, :], flat[src][:, None, :]).view(-1), k)
+    best = _best_per_receiver(dst, _pair_distances(flat, dst, src), k)
     return dst[best], src[best]
 
 

@@ -230,13 +230,6 @@ def _check_id_values(name: str, ids: Tensor, size_name: str, size: int, real: Te
             raise ValueError(f"{name} must be ids in [0, {size_name}={size}){where}, got values in [{low}, {high}]")
 
 
-def _check_ids(name: str, ids: Tensor, size_name: str, size: int, check_values: bool) -> None:
-    """Integer ids in ``[0, size)`` (the values only when ``check_values``)."""
-    _check_id_dtype(name, ids, size_name, size)
-    if check_values:
-        _check_id_values(name, ids, size_name, size)
-
-
 def check_features(
     model, inputs: Any, nodes: tuple[int, ...], names: str, largest_graph: int, mask: Tensor | None = None
 ) -> None:
@@ -360,7 +353,9 @@ def check_packed_edges(model, edge_index: Any, edge_attr: Any) -> None:
         raise ValueError(f"edge_attr is required with edge_index: one row per pair ({pairs})")
     edge_attr = _check_tensor("edge_attr", edge_attr)
     if model.edge_emb is not None:
-        _check_ids("edge_attr", edge_attr, "num_edge_tokens", model.edge_emb.num_embeddings, model.check_inputs)
+        _check_id_dtype("edge_attr", edge_attr, "num_edge_tokens", model.edge_emb.num_embeddings)
+        if model.check_inputs:
+            _check_id_values("edge_attr", edge_attr, "num_edge_tokens", model.edge_emb.num_embeddings)
         if _shape(edge_attr) != (pairs,):
             raise ValueError(f"edge_attr must be edge-token ids of shape (P,) = {(pairs,)} like edge_index, got {_shape(edge_attr)}")
         _check_placement("edge_attr", edge_attr, ref, floating=False)
