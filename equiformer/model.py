@@ -82,8 +82,8 @@ class Equiformer(nn.Module):
     ``reflection_equivariance`` (E(3): degree-l features have parity ``(-1)^l``), ``ff_mult``,
     ``num_radial_basis`` and ``radial_max_distance`` (Gaussian distance basis on
     ``[0, radial_max_distance]``, default ``min(valid_radius, 20)``), ``edge_chunk_size``
-    (process edges in chunks of this many, recomputing them in the backward pass: activation
-    memory bounded for very large graphs at about 1.5x the compute), ``check_inputs`` (default
+    (process edges in chunks of at most this many, whole receivers each, recomputing them in the
+    backward pass: activation memory bounded for very large graphs at about 1.3x the compute), ``check_inputs`` (default
     True: ``forward`` also checks values, finite coordinates and ids in range, at the cost of a
     host sync; the attribute of the same name switches it at any time).  Arguments are checked
     by ``equiformer.validation``; ``model.config`` and ``Equiformer.from_config`` round-trip them.

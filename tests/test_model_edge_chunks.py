@@ -51,6 +51,6 @@ def test_edge_chunks_are_used():
     model = make_model(edge_chunk_size=7)
     feats, coors, mask = make_inputs(model)
     attention_class = type(model.blocks.blocks[0].attn)
-    with mock.patch.object(attention_class, "_chunk_logits", autospec=True, side_effect=attention_class._chunk_logits) as spy:
+    with mock.patch.object(attention_class, "_attend", autospec=True, side_effect=attention_class._attend) as spy:
         model(feats, coors, mask)
     assert spy.call_count >= 2 * len(model.blocks.blocks)

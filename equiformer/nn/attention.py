@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .activation import Gate
 from .edge_convolution import EdgeConvolution
-from .edge_geometry import EdgeGeometry, checkpoint_chunk
+from .edge_geometry import EdgeGeometry, over_receiver_chunks
 from .exact_constants import ExactConstants
 from .expand import ColumnExpansion
 from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
@@ -126,19 +126,21 @@ class _GraphAttention(ExactConstants):
             msg = msg + nodes[1].index_select(0, geometry.dst)
         return geometry.rotate(msg, self.fiber)
 
-    def edge_messages(
-        self, nodes: list[Tensor], geometry: EdgeGeometry, logits: bool = True, values: bool = True
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """-> (logits (E, sum H), values (E, F_V) in the edge frame); either may be skipped
-        (``None``), for the two passes over edge chunks."""
+    def edge_messages(self, nodes: list[Tensor], geometry: EdgeGeometry) -> tuple[Tensor, Tensor]:
+        """-> (logits (E, sum H), values (E, F_V) in the edge frame)."""
         raise NotImplementedError
 
-    def _chunk_logits(self, geometry: EdgeGeometry, *nodes: Tensor) -> Tensor:
-        return self.edge_messages(list(nodes), geometry, values=False)[0]
-
-    def _chunk_aggregate(self, geometry: EdgeGeometry, alpha: Tensor, *nodes: Tensor) -> Tensor:
-        weighted = self._per_head(self.edge_messages(list(nodes), geometry, logits=False)[1], alpha, edge_frame=True)
-        return geometry.aggregate(weighted, self.head_fiber)
+    def _attend(self, geometry: EdgeGeometry, *inputs: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The edge part over ``geometry``'s receivers: ``inputs`` are ``node_inputs``' node
+        tensors, then the self logits (or None).  Returns (the weighted values summed per
+        receiver, (N, F_heads); the weights of attending to oneself, (N, sum H) or None)."""
+        *nodes, self_logits = inputs
+        logits, values = self.edge_messages(nodes, geometry)
+        alpha, alpha_self = segment_softmax(
+            logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits, geometry.neighbors
+        )
+        weighted = self._per_head(values, alpha, edge_frame=True)  # (E, F_heads)
+        return geometry.aggregate(weighted, self.head_fiber), alpha_self
 
     def _per_head(self, values: Tensor, alpha: Tensor, edge_frame: bool) -> Tensor:
         """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads), in the edge-frame layout
@@ -157,21 +159,11 @@ class _GraphAttention(ExactConstants):
         x = self.norm(x)
         nodes, self_logits, self_values = self.node_inputs(linear_many(self.node_linears(), x, self.node_order))
         if not geometry.chunked:
-            logits, values = self.edge_messages(nodes, geometry)
-            alpha, alpha_self = segment_softmax(
-                logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits, geometry.neighbors
-            )
-            weighted = self._per_head(values, alpha, edge_frame=True)  # (E, F_heads)
-            out = geometry.aggregate(weighted, self.head_fiber)  # (N, F_heads)
+            out, alpha_self = self._attend(geometry, *nodes, self_logits)
         else:
-            # two passes over edge chunks, each recomputed in backward: logits for the softmax,
-            # then the weighted values; only (E, heads) and (N, F) tensors are kept
-            chunks = geometry.chunks()
-            logits = torch.cat([checkpoint_chunk(self._chunk_logits, c, *nodes) for c in chunks])
-            alpha, alpha_self = segment_softmax(logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits)
-            out = 0
-            for c, a in zip(chunks, alpha.split([c.num_edges for c in chunks])):
-                out = out + checkpoint_chunk(self._chunk_aggregate, c, a, *nodes)
+            # chunks of whole receivers, each recomputed in backward: a receiver's softmax and
+            # sum are done within its chunk; the source-side tensor (first) is gathered from whole
+            out, alpha_self = over_receiver_chunks(self._attend, geometry, tuple(nodes[:1]), (*nodes[1:], self_logits))
         if self_values is not None:
             out = out + self._per_head(self_values, alpha_self, edge_frame=False)
         scalars = x.split([self.fiber[0], x.shape[1] - self.fiber[0]], dim=1)[0] if len(self.fiber) > 1 else x
@@ -209,12 +201,12 @@ class MLPAttention(_GraphAttention):
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
         return self.to_logits(F.leaky_relu(hidden, self.leaky_slope)), gate(values)
 
-    def edge_messages(self, nodes, geometry, logits=True, values=True):
+    def edge_messages(self, nodes, geometry):
         # one convolution makes both the attention hidden units and the values
         mid = self.conv(self.edge_input(nodes, geometry), geometry, self.radial(geometry.edge_attr))
         hidden, gated = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
-        out_logits = self.to_logits(F.leaky_relu(hidden.contiguous(), self.leaky_slope)) if logits else None  # see Gate
-        return out_logits, self.edge_gate(gated) if values else None
+        logits = self.to_logits(F.leaky_relu(hidden.contiguous(), self.leaky_slope))  # see Gate
+        return logits, self.edge_gate(gated)
 
     def node_linears(self) -> list[EquivariantLinear]:
         return super().node_linears() + ([self.self_in] if self.attend_self else [])
@@ -278,16 +270,10 @@ class L2DistanceAttention(_GraphAttention):
         difference = self._keys_per_head(projected[2], edge_frame=False) + neg_q
         return [src, neg_q], self._logits(difference, edge_frame=False), projected[3]
 
-    def edge_messages(self, nodes, geometry, logits=True, values=True):
+    def edge_messages(self, nodes, geometry):
         x_edge = self.edge_input(nodes, geometry)
-        convs = [conv for conv, wanted in ((self.conv_k, logits), (self.conv_v, values)) if wanted]
-        outs = EdgeConvolution.apply_all(convs, x_edge, geometry, self.radial(geometry.edge_attr))
-        k = outs.pop(0) if logits else None
-        out_logits = out_values = None
-        if logits:  # compare in the edge frame (distances are invariant); only values go back
-            keys = self._keys_per_head(k, edge_frame=True)
-            difference = geometry.rotate_receivers(nodes[-1], self.head_fiber, plus=keys)  # (E, F_heads)
-            out_logits = self._logits(difference, edge_frame=True)
-        if values:
-            out_values = outs.pop(0)
-        return out_logits, out_values
+        k, v = EdgeConvolution.apply_all([self.conv_k, self.conv_v], x_edge, geometry, self.radial(geometry.edge_attr))
+        # compare in the edge frame (distances are invariant); only values go back
+        keys = self._keys_per_head(k, edge_frame=True)
+        difference = geometry.rotate_receivers(nodes[-1], self.head_fiber, plus=keys)  # (E, F_heads)
+        return self._logits(difference, edge_frame=True), v

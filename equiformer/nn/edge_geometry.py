@@ -5,8 +5,10 @@ every block.  ``EdgeGeometry.rotate`` (and its ``inverse``) is the only place fe
 """
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,8 +64,9 @@ class EdgeGeometry:
     ``edge_attr``: ``(E, F)`` invariant edge scalars for the radial networks.
     ``zero_length``: indices of edges whose two nodes coincide (no direction).
     ``node_graph``: ``(N,)`` graph index of every node, for global (per-graph) layers.
-    ``edge_chunk_size``: if set, layers process edges in chunks of this many and recompute them
-    in the backward pass (see ``chunks``), bounding activation memory for very large graphs.
+    ``edge_chunk_size``: if set, layers process edges in chunks of at most this many (whole
+    receivers, see ``receiver_chunks``) and recompute them in the backward pass, bounding
+    activation memory for very large graphs.
     ``neighbors``: set when the edges are sorted by receiver, exactly this many each (a k-nearest
     neighbour graph without padding): per-receiver work then runs as dense batched products.
     """
@@ -81,6 +84,7 @@ class EdgeGeometry:
     edge_chunk_size: int | None = None
     neighbors: int | None = None
     _blocks: dict = field(default_factory=dict, repr=False)
+    _chunk_cache: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
     def build(
@@ -116,27 +120,70 @@ class EdgeGeometry:
     def chunked(self) -> bool:
         return self.edge_chunk_size is not None and self.num_edges > self.edge_chunk_size
 
-    def edge_slice(self, start: int, stop: int) -> "EdgeGeometry":
-        """The same graph restricted to edges ``start..stop-1`` (all nodes kept)."""
-        zero = self.zero_length
-        zero = zero[(zero >= start) & (zero < stop)] - start
+    def receiver_chunks(self) -> list[tuple[int, "EdgeGeometry"]]:
+        """The edges split at receiver boundaries into chunks of at most ``edge_chunk_size``
+        edges (a receiver with more is a chunk of its own): per chunk, how many receivers it
+        covers and its receiver-local geometry.
+
+        Chunks cover consecutive receivers ``a..b-1`` (every node, in order, so their receiver
+        counts split any ``(N, ...)`` tensor); in a chunk's geometry they are nodes ``0..b-a-1``
+        (``dst``, ``num_nodes``, ``node_graph``), while ``src`` still indexes all nodes.  Each
+        receiver's edges lie in one chunk, so a chunk computes its receivers' softmax and sums
+        whole, in one pass, as the unchunked layer would.
+        """
+        bounds = self._chunk_bounds()
+        order = bounds.get("order")
+        chunks = []
+        for a, b, start, stop in bounds["cuts"]:
+            edges = slice(start, stop) if order is None else order[start:stop]
+            chunks.append((b - a, self._receiver_subset(a, b, edges)))
+        return chunks
+
+    def _chunk_bounds(self) -> dict:
+        """Receiver ranges and edge ranges of the chunks (in receiver order: ``order`` when
+        ``dst`` is not sorted), computed once per geometry: they depend on the edge list only."""
+        if "cuts" in self._chunk_cache:
+            return self._chunk_cache
+        dst, size = self.dst, self.edge_chunk_size or max(self.num_edges, 1)
+        if self.num_edges > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+            self._chunk_cache["order"] = torch.argsort(dst, stable=True)
+            dst = dst[self._chunk_cache["order"]]
+        counts = torch.bincount(dst, minlength=self.num_nodes)
+        starts = [0] + torch.cumsum(counts, 0).tolist()  # edges of receiver i: starts[i]..starts[i+1]
+        cuts, a = [], 0
+        while a < self.num_nodes:
+            # the most whole receivers whose edges fit, and at least one edge (a receiver with
+            # more edges alone); the last chunk takes the receivers without edges at the end
+            b = max(bisect.bisect_right(starts, starts[a] + size) - 1, bisect.bisect_right(starts, starts[a]))
+            b = self.num_nodes if starts[b] == self.num_edges else b
+            cuts.append((a, b, starts[a], starts[b]))
+            a = b
+        self._chunk_cache["cuts"] = cuts
+        return self._chunk_cache
+
+    def _receiver_subset(self, a: int, b: int, edges: slice | Tensor) -> "EdgeGeometry":
+        """Receivers ``a..b-1`` with their ``edges`` (a slice, or indices in receiver order)."""
+        if isinstance(edges, slice):
+            zero = self.zero_length
+            zero = zero[(zero >= edges.start) & (zero < edges.stop)] - edges.start
+        else:
+            zero = torch.isin(edges, self.zero_length).nonzero().flatten()
         return replace(
             self,
-            dst=self.dst[start:stop],
-            src=self.src[start:stop],
-            weight=self.weight[start:stop],
-            edge_attr=self.edge_attr[start:stop],
+            dst=self.dst[edges] - a,
+            src=self.src[edges],
+            num_nodes=b - a,
+            node_graph=self.node_graph[a:b],
+            weight=self.weight[edges],
+            edge_attr=self.edge_attr[edges],
             zero_length=zero,
-            wigner=[w[start:stop] for w in self.wigner] if self.wigner is not None else None,
-            sh=self.sh[start:stop] if self.sh is not None else None,
+            wigner=[w[edges] for w in self.wigner] if self.wigner is not None else None,
+            sh=self.sh[edges] if self.sh is not None else None,
             edge_chunk_size=None,
-            neighbors=None,
-            _blocks={k: v[start:stop] for k, v in self._blocks.items()},
+            neighbors=self.neighbors,  # whole receivers: a regular graph stays regular
+            _blocks={k: v[edges] for k, v in self._blocks.items()},
+            _chunk_cache={},
         )
-
-    def chunks(self) -> list["EdgeGeometry"]:
-        size = self.edge_chunk_size or self.num_edges
-        return [self.edge_slice(a, min(a + size, self.num_edges)) for a in range(0, self.num_edges, size)]
 
     def _rotation_block(self, start: int, stop: int, row_order: tuple[int, ...] | None = None, scalar_rows: int = 0) -> Tensor:
         """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
@@ -256,7 +303,7 @@ class EdgeGeometry:
         return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0], _blocks={})
 
 
-def checkpoint_chunk(fn: Callable[..., Tensor], chunk: EdgeGeometry, *args: Tensor) -> Tensor:
+def checkpoint_chunk(fn: Callable[..., Any], chunk: EdgeGeometry, *args: Tensor | None) -> Any:
     """``fn(chunk, *args)``, its activations recomputed in backward instead of stored.
 
     Both runs start from an empty cache of rotation matrices: a cache filled by the forward would
@@ -265,6 +312,26 @@ def checkpoint_chunk(fn: Callable[..., Tensor], chunk: EdgeGeometry, *args: Tens
     if functorch_transform_active():
         return fn(chunk, *args)
     return checkpoint(lambda *a: fn(replace(chunk, _blocks={}), *a), *args, use_reentrant=False)
+
+
+def over_receiver_chunks(
+    fn: Callable[..., tuple[Tensor | None, ...]],
+    geometry: EdgeGeometry,
+    sources: tuple[Tensor, ...],
+    receivers: tuple[Tensor | None, ...] = (),
+) -> tuple[Tensor | None, ...]:
+    """``fn(chunk, *sources, *receiver_rows)`` over ``geometry.receiver_chunks()``, each chunk
+    recomputed in backward (``checkpoint_chunk``), outputs concatenated over the chunks.
+
+    ``sources``: node tensors indexed by the chunk's (global) ``src``, passed whole;
+    ``receivers``: ``(N, ...)`` node tensors (or None), passed as the chunk's own rows.  ``fn``
+    returns a tuple of ``(receivers of the chunk, ...)`` tensors (or None): no node-sized tensor
+    is made per chunk in the forward pass."""
+    chunks = geometry.receiver_chunks()
+    sizes = [count for count, _ in chunks]
+    rows = [t.split(sizes) if t is not None else [None] * len(sizes) for t in receivers]
+    outs = [checkpoint_chunk(fn, chunk, *sources, *(r[i] for r in rows)) for i, (_, chunk) in enumerate(chunks)]
+    return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
 
 
 def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
@@ -277,4 +344,4 @@ def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
     return k if bool((dst.view(num_nodes, k) == receivers).all()) else None
 
 
-__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "checkpoint_chunk", "edge_vectors", "uniform_in_degree"]
+__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "checkpoint_chunk", "edge_vectors", "over_receiver_chunks", "uniform_in_degree"]

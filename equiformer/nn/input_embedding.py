@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .edge_convolution import EdgeConvolution
-from .edge_geometry import EdgeGeometry, checkpoint_chunk
+from .edge_geometry import EdgeGeometry, over_receiver_chunks
 from .fiber import Fiber
 from .linear import EquivariantLinear
 from .scatter import segment_sum
@@ -31,20 +31,20 @@ class InputEmbedding(nn.Module):
         self.radial = nn.Linear(edge_attr_dim, sum(fiber_in))  # head on the shared radial trunk
         self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
 
-    def _summed_messages(self, geometry: EdgeGeometry, x: Tensor) -> Tensor:
-        """``sum_j w_ij conv(x_j)`` per receiver: (N, F)."""
+    def _summed_messages(self, geometry: EdgeGeometry, x: Tensor) -> tuple[Tensor]:
+        """``sum_j w_ij conv(x_j)`` per receiver: ((N, F),)."""
         weight = geometry.weight  # (E,) smooth cutoff, folded into the per-input radial factors
         messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
         messages = self.conv(messages, geometry, self.radial(geometry.edge_attr) * weight[:, None])
         messages = geometry.rotate(messages, self.fiber, inverse=True)  # (E, F)
-        return segment_sum(messages, geometry.dst, geometry.num_nodes)
+        return (segment_sum(messages, geometry.dst, geometry.num_nodes),)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry) -> Tensor:
         """``(N, F_in) -> (N, F)``."""
         if geometry.chunked:  # recomputed chunk by chunk in backward (bounded memory)
-            out = sum(checkpoint_chunk(self._summed_messages, c, x) for c in geometry.chunks())
+            (out,) = over_receiver_chunks(self._summed_messages, geometry, (x,))
         else:
-            out = self._summed_messages(geometry, x)
+            (out,) = self._summed_messages(geometry, x)
         norm = 1.0 + segment_sum(geometry.weight, geometry.dst, geometry.num_nodes)  # (N,)
         out = out / norm[:, None]
         own = self.self_in(x)  # (N, F over the input's degrees)
