@@ -141,10 +141,13 @@ class EdgeGeometry:
 
     def _chunk_bounds(self) -> dict:
         """Receiver ranges and edge ranges of the chunks (in receiver order: ``order`` when
-        ``dst`` is not sorted), computed once per geometry: they depend on the edge list only."""
-        if "cuts" in self._chunk_cache:
+        ``dst`` is not sorted), computed once per geometry and chunk size (the copies that
+        reversible blocks make share them: they depend on the edge list only)."""
+        size = self.edge_chunk_size or max(self.num_edges, 1)
+        if self._chunk_cache.get("size") == size:
             return self._chunk_cache
-        dst, size = self.dst, self.edge_chunk_size or max(self.num_edges, 1)
+        self._chunk_cache.clear()
+        dst = self.dst
         if self.num_edges > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             self._chunk_cache["order"] = torch.argsort(dst, stable=True)
             dst = dst[self._chunk_cache["order"]]
@@ -158,7 +161,7 @@ class EdgeGeometry:
             b = self.num_nodes if starts[b] == self.num_edges else b
             cuts.append((a, b, starts[a], starts[b]))
             a = b
-        self._chunk_cache["cuts"] = cuts
+        self._chunk_cache.update(cuts=cuts, size=size)
         return self._chunk_cache
 
     def _receiver_subset(self, a: int, b: int, edges: slice | Tensor) -> "EdgeGeometry":

@@ -66,6 +66,16 @@ def test_receiver_chunks_partition_edges_and_receivers(shuffle, size):
     assert geometry.dst[seen].tolist() == sorted(geometry.dst.tolist())  # receivers in order
 
 
+def test_chunk_bounds_follow_the_chunk_size():
+    geometry = _geometry(False, 7)
+    few = geometry.receiver_chunks()
+    geometry.edge_chunk_size = 1
+    many = geometry.receiver_chunks()
+    assert len(many) > len(few)
+    assert all(chunk.num_edges <= 7 or chunk.dst.unique().numel() == 1 for _, chunk in few)
+    assert all(chunk.dst.unique().numel() == 1 for _, chunk in many)  # one receiver each
+
+
 def _layer(kind: str, attend_self: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     klass = L2DistanceAttention if kind == "l2" else MLPAttention
