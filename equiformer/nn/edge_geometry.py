@@ -329,7 +329,8 @@ def over_receiver_chunks(
     ``sources``: node tensors indexed by the chunk's (global) ``src``, passed whole;
     ``receivers``: ``(N, ...)`` node tensors (or None), passed as the chunk's own rows.  ``fn``
     returns a tuple of ``(receivers of the chunk, ...)`` tensors (or None): no node-sized tensor
-    is made per chunk in the forward pass."""
+    is made per chunk in the forward pass.  The backward pass still makes one per chunk and
+    source tensor: the gradient of the rows the chunk gathered (``index_select``'s backward)."""
     chunks = geometry.receiver_chunks()
     sizes = [count for count, _ in chunks]
     rows = [t.split(sizes) if t is not None else [None] * len(sizes) for t in receivers]
