@@ -83,9 +83,11 @@ class Equiformer(nn.Module):
     ``num_radial_basis`` and ``radial_max_distance`` (Gaussian distance basis on
     ``[0, radial_max_distance]``, default ``min(valid_radius, 20)``), ``edge_chunk_size``
     (process edges in chunks of at most this many, whole receivers each, recomputing them in the
-    backward pass: activation memory bounded for very large graphs at about 1.3x the compute), ``check_inputs`` (default
-    True: ``forward`` also checks values, finite coordinates and ids in range, at the cost of a
-    host sync; the attribute of the same name switches it at any time).  Arguments are checked
+    backward pass: activation memory bounded for very large graphs; forward+backward took 1.26x
+    the unchunked time with chunks of 32,768 edges at 16,000 nodes, more with smaller chunks, see
+    ``benchmarks/RESULTS.md``), ``check_inputs`` (default True: ``forward`` also checks values,
+    finite coordinates and ids in range, at the cost of a host sync; the attribute of the same
+    name switches it at any time).  Arguments are checked
     by ``equiformer.validation``; ``model.config`` and ``Equiformer.from_config`` round-trip them.
     """
 

@@ -182,9 +182,8 @@ class EdgeGeometry:
             zero_length=zero,
             wigner=[w[edges] for w in self.wigner] if self.wigner is not None else None,
             sh=self.sh[edges] if self.sh is not None else None,
-            edge_chunk_size=None,
-            neighbors=self.neighbors,  # whole receivers: a regular graph stays regular
-            _blocks={k: v[edges] for k, v in self._blocks.items()},
+            edge_chunk_size=None,  # ``neighbors`` stays: whole receivers of a regular graph are regular
+            _blocks={},  # rotation matrices are rebuilt per chunk run (see ``checkpoint_chunk``)
             _chunk_cache={},
         )
 
