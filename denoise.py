@@ -11,7 +11,10 @@ The training code lives in ``equiformer.training``.
 
 import sys
 
-from equiformer.training import main
+from equiformer.training.extras import exit_if_missing_extras
 
 if __name__ == "__main__":
+    exit_if_missing_extras()  # one line and status 1 without the [denoise] extra, no traceback
+    from equiformer.training import main
+
     sys.exit(main())

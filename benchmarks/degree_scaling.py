@@ -17,17 +17,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_line, pick_device, time_fn  # noqa: E402
 
-from equiformer.nn import EdgeConvolution, EdgeGeometry, layout  # noqa: E402
+from equiformer.nn import EdgeConvolution, EdgeGeometry, EdgeLayout, layout  # noqa: E402
 
 
 def edge_layer(lmax: int, channels: int, edges: int, path: str, device: torch.device):
     torch.manual_seed(0)
     fiber = (channels,) * (lmax + 1)
-    conv = EdgeConvolution(fiber, fiber, tensor_product=path).to(device)
+    edge_layout = EdgeLayout.for_tensor_product(path)
+    conv = EdgeConvolution(fiber, fiber, edge_layout).to(device)
     vec = torch.randn(edges, 3, device=device)
     idx = torch.arange(edges, device=device)
     geometry = EdgeGeometry.build(
-        vec, idx, idx, edges, idx, 1, torch.ones(edges, device=device), torch.zeros(edges, 1, device=device), lmax, path
+        vec, idx, idx, edges, idx, 1, torch.ones(edges, device=device), torch.zeros(edges, 1, device=device), lmax, edge_layout
     )
     x = torch.randn(edges, layout(fiber).size, device=device, requires_grad=True)
     scale = torch.randn(edges, sum(fiber), device=device)

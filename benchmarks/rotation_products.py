@@ -2,7 +2,7 @@
 
 Forward+backward (gradient for the features only, as in the model when the frames need none),
 median of repeats, for a grid of matrix sizes R and channel counts C.  The last column is what
-``EdgeGeometry`` picks (``equiformer.nn.edge_geometry._apply_rotation``), so this script is the
+``EdgeGeometry`` picks (``equiformer.nn.rotation_kernels.apply_rotation``), so this script is the
 evidence for its thresholds.
 
     python benchmarks/rotation_products.py [--edges 16384] [--quick]
@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_line, time_fn  # noqa: E402
 
-from equiformer.nn.edge_geometry import _apply_rotation, transposed_product  # noqa: E402
+from equiformer.nn.rotation_kernels import apply_rotation, transposed_product  # noqa: E402
 
 
 def direct(d, x):
@@ -46,7 +46,7 @@ def main() -> None:
 
             t_direct = time_fn(lambda: run(direct), torch.device("cpu"), repeats=7)
             t_transposed = time_fn(lambda: run(transposed_product), torch.device("cpu"), repeats=7)
-            probe = _apply_rotation(d[:1], x.detach()[:1].view(1, r, c))
+            probe = apply_rotation(d[:1], x.detach()[:1].view(1, r, c))
             picked = "transposed" if not probe.is_contiguous() else "direct"
             print(f"{r:>3} {c:>3} {t_direct * 1e3:>8.2f} {t_transposed * 1e3:>8.2f} {t_direct / t_transposed:>15.2f}  {picked}")
 

@@ -6,17 +6,18 @@ never enters the computation and no ``n x n`` feature tensor is made.
 """
 from __future__ import annotations
 
-import copy
 from collections import namedtuple
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .config import EquiformerConfig
 from .graph import INF, Graph, adjacency_pairs, build_graph, positions_in_graphs
 from .nn.attention import L2DistanceAttention, MLPAttention
 from .nn.edge_geometry import EdgeGeometry, edge_vectors
+from .nn.edge_layout import EdgeLayout
 from .nn.feedforward import FeedForward
 from .nn.fiber import as_fiber, layout
 from .nn.input_embedding import InputEmbedding
@@ -25,9 +26,9 @@ from .nn.norm import EquivariantLayerNorm
 from .nn.radial import GaussianBasis, RadialTrunk, polynomial_envelope
 from .nn.reversible import Block, BlockSequence
 from .nn.scatter import segment_sum
-from .nn.transforms import check_distance_search_under_transforms, functorch_transform_active
-from .packing import sparse_edge_lookup, sparse_pairs
-from .validation import check_config, plain_config, check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
+from .transforms import check_distance_search_under_transforms, functorch_transform_active
+from .packing import checked_neighbors, sparse_edge_lookup, sparse_pairs
+from .validation import check_features, check_forward, check_packed, check_packed_edges, warn_unused_adjacency
 
 _ReturnBase = namedtuple("Return", ["type0", "type1"])
 
@@ -83,12 +84,17 @@ class Equiformer(nn.Module):
     ``num_radial_basis`` and ``radial_max_distance`` (Gaussian distance basis on
     ``[0, radial_max_distance]``, default ``min(valid_radius, 20)``), ``edge_chunk_size``
     (process edges in chunks of at most this many, whole receivers each, recomputing them in the
-    backward pass: activation memory bounded for very large graphs; forward+backward took 1.26x
-    the unchunked time with chunks of 32,768 edges at 16,000 nodes, more with smaller chunks, see
+    backward pass: activation memory bounded for very large graphs, for some more compute; see
     ``benchmarks/RESULTS.md``), ``check_inputs`` (default True: ``forward`` also checks values,
     finite coordinates and ids in range, at the cost of a host sync; the attribute of the same
-    name switches it at any time).  Arguments are checked
-    by ``equiformer.validation``; ``model.config`` and ``Equiformer.from_config`` round-trip them.
+    name switches it at any time), ``smooth_cutoff`` (default False, for the numbers of earlier
+    checkpoints: the norms divide degree l > 0 features by ``sqrt(mean square + 1)`` instead of
+    ``sqrt(mean square + 1e-6)``, so they never amplify: inputs from neighbours near
+    ``valid_radius`` fade with the envelope and outputs are smooth (C2) across the cutoff;
+    potentials turn it on).  The arguments are checked, and kept, as an
+    ``EquiformerConfig`` (``equiformer.config``): ``model.config`` is that frozen object,
+    ``model.config.to_dict()`` its plain-dict form for checkpoints, and ``Equiformer.from_config``
+    rebuilds a model from either (or from a dict saved by an earlier version).
     """
 
     def __init__(
@@ -134,50 +140,54 @@ class Equiformer(nn.Module):
         radial_max_distance: float | None = None,
         edge_chunk_size: int | None = None,
         check_inputs: bool = True,
+        smooth_cutoff: bool = False,
     ):
-        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        check_config(config)
+        # the settings are checked (and warned about) by EquiformerConfig, the one owner of them;
+        # the body reads them from it in their plain form, never the arguments as given
+        c = EquiformerConfig(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
-        self._config = plain_config(config)  # a private copy in plain Python types
-        self.check_inputs = check_inputs  # value checks of forward inputs (a host sync); see validation
+        self._config = c
+        self.check_inputs = c.check_inputs  # value checks of forward inputs (a host sync); see validation
 
-        self.dim = as_fiber(dim, num_degrees, "dim")
-        self.num_degrees = num_degrees
-        heads = as_fiber(heads, num_degrees, "heads")
-        dim_head = as_fiber(dim_head, num_degrees, "dim_head")
-        self.dim_in = as_fiber(dim_in if dim_in is not None else self.dim[:input_degrees], input_degrees, "dim_in")
-        self.input_degrees = input_degrees
-        self.num_tokens, self.num_positions = num_tokens, num_positions
-        self.valid_radius, self.num_neighbors = float(valid_radius), num_neighbors
-        self.attend_sparse_neighbors = attend_sparse_neighbors
-        self.num_adj_degrees_embed, self.max_sparse_neighbors = num_adj_degrees_embed, max_sparse_neighbors
-        self.embedding_grad_frac = embedding_grad_frac
-        self.tensor_product, self.reflection_equivariance = tensor_product, reflection_equivariance
-        self.reduce_dim_out = reduce_dim_out
-        self.edge_chunk_size = edge_chunk_size
+        self.dim = as_fiber(c.dim, c.num_degrees, "dim")
+        self.num_degrees = c.num_degrees
+        heads = as_fiber(c.heads, c.num_degrees, "heads")
+        dim_head = as_fiber(c.dim_head, c.num_degrees, "dim_head")
+        self.dim_in = as_fiber(c.dim_in if c.dim_in is not None else self.dim[: c.input_degrees], c.input_degrees, "dim_in")
+        self.input_degrees = c.input_degrees
+        self.num_tokens, self.num_positions = c.num_tokens, c.num_positions
+        self.valid_radius, self.num_neighbors = float(c.valid_radius), c.num_neighbors
+        self.attend_sparse_neighbors = c.attend_sparse_neighbors
+        self.num_adj_degrees_embed, self.max_sparse_neighbors = c.num_adj_degrees_embed, c.max_sparse_neighbors
+        self.embedding_grad_frac = c.embedding_grad_frac
+        self.tensor_product, self.reflection_equivariance = c.tensor_product, c.reflection_equivariance
+        self.reduce_dim_out = c.reduce_dim_out
+        self.edge_chunk_size = c.edge_chunk_size
+        self._needs_adjacency = bool(c.attend_sparse_neighbors or c.num_adj_degrees_embed)
 
-        self.token_emb = nn.Embedding(num_tokens, self.dim_in[0]) if num_tokens else None
-        self.pos_emb = nn.Embedding(num_positions, self.dim_in[0]) if num_positions else None
+        self.token_emb = nn.Embedding(c.num_tokens, self.dim_in[0]) if c.num_tokens else None
+        self.pos_emb = nn.Embedding(c.num_positions, self.dim_in[0]) if c.num_positions else None
         for emb in (self.token_emb, self.pos_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=1e-2)
 
         # invariant edge scalars: distance basis | edge tokens or features | hop distance
-        if radial_max_distance is None:
-            radial_max_distance = min(self.valid_radius, 20.0)
-        self.distance_basis = GaussianBasis(num_radial_basis, radial_max_distance)
-        self.edge_dim = edge_dim or 0
-        self.edge_emb = nn.Embedding(num_edge_tokens, edge_dim) if num_edge_tokens else None
-        hop_classes = (num_adj_degrees_embed or 0) + 1
-        self.hop_emb = nn.Embedding(hop_classes, adj_dim) if num_adj_degrees_embed and adj_dim > 0 else None
-        hop_dim = (adj_dim if self.hop_emb is not None else hop_classes) if num_adj_degrees_embed else 0
-        self.radial_trunk = RadialTrunk(num_radial_basis + self.edge_dim + hop_dim, radial_hidden_dim)
+        radial_max_distance = c.radial_max_distance if c.radial_max_distance is not None else min(self.valid_radius, 20.0)
+        self.distance_basis = GaussianBasis(c.num_radial_basis, radial_max_distance)
+        self.edge_dim = c.edge_dim or 0
+        self.edge_emb = nn.Embedding(c.num_edge_tokens, c.edge_dim) if c.num_edge_tokens else None
+        hops = c.num_adj_degrees_embed
+        hop_classes = (hops or 0) + 1
+        self.hop_emb = nn.Embedding(hop_classes, c.adj_dim) if hops and c.adj_dim > 0 else None
+        hop_dim = (c.adj_dim if self.hop_emb is not None else hop_classes) if hops else 0
+        self.radial_trunk = RadialTrunk(c.num_radial_basis + self.edge_dim + hop_dim, c.radial_hidden_dim)
 
-        conv = dict(tensor_product=tensor_product, reflection=reflection_equivariance)
-        self.input_embedding = InputEmbedding(self.dim_in, self.dim, radial_hidden_dim, **conv)
-        attention_class = L2DistanceAttention if l2_dist_attention else MLPAttention
-        extra = {} if l2_dist_attention else dict(
-            attn_hidden_dim_mult=attn_hidden_dim_mult, attn_leakyrelu_slope=attn_leakyrelu_slope
+        # one layout object for every edge layer and the geometry: the tensor product decides it once
+        self.edge_layout = EdgeLayout.for_tensor_product(c.tensor_product, c.reflection_equivariance)
+        self.input_embedding = InputEmbedding(self.dim_in, self.dim, c.radial_hidden_dim, edge_layout=self.edge_layout)
+        attention_class = L2DistanceAttention if c.l2_dist_attention else MLPAttention
+        extra = {} if c.l2_dist_attention else dict(
+            attn_hidden_dim_mult=c.attn_hidden_dim_mult, attn_leakyrelu_slope=c.attn_leakyrelu_slope
         )
         blocks = [
             Block(
@@ -185,29 +195,33 @@ class Equiformer(nn.Module):
                     self.dim,
                     heads,
                     dim_head,
-                    radial_hidden_dim,
-                    attend_self=attend_self,
-                    single_headed_kv=single_headed_kv,
-                    gate_attn_head_outputs=gate_attn_head_outputs,
-                    num_linear_attn_heads=num_linear_attn_heads,
-                    linear_attn_dim_head=linear_attn_dim_head,
-                    init_out_zero=init_out_zero,
-                    **conv,
+                    c.radial_hidden_dim,
+                    attend_self=c.attend_self,
+                    single_headed_kv=c.single_headed_kv,
+                    gate_attn_head_outputs=c.gate_attn_head_outputs,
+                    num_linear_attn_heads=c.num_linear_attn_heads,
+                    linear_attn_dim_head=c.linear_attn_dim_head,
+                    init_out_zero=c.init_out_zero,
+                    edge_layout=self.edge_layout,
+                    smooth_norm=c.smooth_cutoff,
                     **extra,
                 ),
-                FeedForward(self.dim, mult=ff_mult, include_htype_norms=ff_include_htype_norms),
+                FeedForward(self.dim, mult=c.ff_mult, include_htype_norms=c.ff_include_htype_norms, smooth_norm=c.smooth_cutoff),
             )
-            for _ in range(depth)
+            for _ in range(c.depth)
         ]
-        self.blocks = BlockSequence(blocks, reversible=reversible)
-        self.norm = EquivariantLayerNorm(self.dim)
-        out_fiber = (1,) * num_degrees
-        if not reduce_dim_out:
+        self.blocks = BlockSequence(blocks, reversible=c.reversible)
+        self.norm = EquivariantLayerNorm(self.dim, smooth=c.smooth_cutoff)
+        out_fiber = (1,) * c.num_degrees
+        if not c.reduce_dim_out:
             self.head = None
-        elif linear_out:
+        elif c.linear_out:
             self.head = EquivariantLinear(self.dim, out_fiber)
         else:
-            self.head = FeedForward(self.dim, out_fiber, mult=ff_mult, zero_init_out=False)
+            self.head = FeedForward(self.dim, out_fiber, mult=c.ff_mult, zero_init_out=False, smooth_norm=c.smooth_cutoff)
+        # constants are built on the CPU on purpose; the model as a whole lives where torch.nn puts
+        # parameters, on the default device (``with torch.device("cuda"): Equiformer(...)``)
+        self.to(torch.get_default_device())
 
     @property
     def device(self) -> torch.device:
@@ -215,33 +229,32 @@ class Equiformer(nn.Module):
         return next(self.parameters()).device
 
     @property
-    def config(self) -> dict:
-        """The constructor keywords, all of them, as a plain dict: save it next to the
-        ``state_dict`` (it loads with ``torch.load(weights_only=True)``) and rebuild the model
-        with ``Equiformer.from_config``."""
-        return copy.deepcopy(self._config)
+    def config(self) -> EquiformerConfig:
+        """The constructor settings, all of them, checked and frozen (so shared, not copied).
+        Save ``model.config.to_dict()`` next to the ``state_dict`` (it loads with
+        ``torch.load(weights_only=True)``) and rebuild the model with ``Equiformer.from_config``."""
+        return self._config
 
     @classmethod
-    def from_config(cls, config: dict) -> "Equiformer":
-        return cls(**config)
+    def from_config(cls, config: EquiformerConfig | Mapping[str, Any]) -> "Equiformer":
+        """A new model (fresh weights) with these settings: an ``EquiformerConfig``, or a plain
+        dict as ``to_dict`` writes it or as earlier versions saved ``model.config`` (unknown
+        keys are a ``TypeError`` naming them; missing ones take their defaults)."""
+        if not isinstance(config, EquiformerConfig):
+            config = EquiformerConfig.from_dict(config)
+        return cls(**config.to_dict())
 
     # ------------------------------------------------------------------ inputs
-    def _embed_inputs(
-        self, inputs: Tensor | dict, positions: Tensor, node_dims: int, mask: Tensor | None = None
-    ) -> dict[int, Tensor]:
-        """Checked inputs (see ``check_features``) with ``node_dims`` leading node dimensions
-        (2: ``(b, n)`` padded, 1: ``(N,)`` packed) -> ``{0: (*nodes, d0), l: (*nodes, d_l, 2l+1)}``.
-        ``positions``: every node's index within its graph (for ``num_positions``), broadcastable
-        to the node dimensions."""
-        feats = dict(inputs) if isinstance(inputs, dict) else {0: inputs}
+    def _embed_inputs(self, feats: dict[int, Tensor], positions: Tensor) -> dict[int, Tensor]:
+        """Checked per-degree inputs of the real nodes (see ``check_features``) ->
+        ``{0: (N, d0), l: (N, d_l, 2l+1)}``: token ids embedded, ``positions`` ``(N,)`` (each
+        node's index within its graph) embedded for ``num_positions``."""
+        feats = dict(feats)
         x0 = feats[0]
         if self.token_emb is not None:
-            x0 = x0.long()  # any integer dtype (embedding takes int32/int64 only)
-            if mask is not None:
-                x0 = x0.masked_fill(~mask, 0)  # padding may hold any id (-1...): never read
-            x0 = self.token_emb(x0)
-        elif x0.ndim == node_dims + 2:
-            x0 = x0[..., 0]  # (..., d0, 1) -> (..., d0)
+            x0 = self.token_emb(x0.long())  # any integer dtype (embedding takes int32/int64 only)
+        elif x0.ndim == 3:
+            x0 = x0[..., 0]  # (N, d0, 1) -> (N, d0)
         if self.pos_emb is not None:
             x0 = x0 + self.pos_emb(positions)
         frac = self.embedding_grad_frac
@@ -273,28 +286,39 @@ class Equiformer(nn.Module):
         edges: Tensor | None = None,
         return_pooled: bool = False,
     ) -> Return:
+        """The padded API of equiformer-pytorch: ``inputs`` ``(b, n, ...)``, ``coors`` ``(b, n, 3)``.
+
+        An adapter over the packed network: the real nodes are packed (padding is never read),
+        run as ``forward_packed`` runs them, and their outputs put back in their padded slots
+        (zeros at padded nodes)."""
         check_forward(self, coors, mask, adj_mat, edges)
         b, n, _ = coors.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=coors.device)
         check_features(self, inputs, (b, n), "batch, nodes", largest_graph=n, mask=mask)
-        feats = self._embed_inputs(inputs, torch.arange(n, device=coors.device), node_dims=2, mask=mask)
-        if adj_mat is not None and adj_mat.ndim == 2:
-            adj_mat = adj_mat[None].expand(b, n, n)
-        needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
-
-        node_ids = mask.reshape(-1).nonzero().flatten()  # padded-flat ids of real nodes
-        x = self._pack_features(feats, b * n, node_ids)
+        node_ids = mask.reshape(-1).nonzero().flatten()  # (N,) padded-flat ids b*n+i of the real nodes
+        feats = {l: t.reshape(b * n, *t.shape[2:]).index_select(0, node_ids) for l, t in _degree_dict(inputs).items()}
+        adjacency = None
+        if adj_mat is not None and self._needs_adjacency:
+            adj_mat = adj_mat[None].expand(b, n, n) if adj_mat.ndim == 2 else adj_mat
+            to_packed = torch.full((b * n,), -1, dtype=torch.long, device=coors.device)
+            to_packed[node_ids] = torch.arange(node_ids.numel(), device=coors.device)
+            adjacency = tuple(to_packed[ids] for ids in adjacency_pairs(adj_mat, mask))  # real nodes only
         edge_lookup = None
         if edges is not None:
             flat_edges = edges.reshape(b * n, n, *edges.shape[3:])
-            edge_lookup = lambda dst, src: flat_edges[dst, src % n]  # noqa: E731
-        graph = self._graph(coors, mask=mask, adjacency=adjacency_pairs(adj_mat, mask) if needs_adjacency else None)
-        to_packed = torch.full((b * n,), -1, dtype=torch.long, device=coors.device)
-        to_packed[node_ids] = torch.arange(node_ids.numel(), device=coors.device)
-        pos = coors.reshape(b * n, 3).index_select(0, node_ids)
-        x = self._run(x, pos, graph, to_packed, node_ids // n, b, edge_lookup)
-        return Return(self._unpack(x, node_ids, mask, return_pooled))
+            edge_lookup = lambda dst, src: flat_edges[node_ids[dst], node_ids[src] % n]  # noqa: E731
+        graph_index = node_ids // n
+        x = self._packed_network(
+            feats, coors.reshape(b * n, 3).index_select(0, node_ids), graph_index, node_ids % n, b, adjacency, edge_lookup
+        )
+        if return_pooled:
+            return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(self._pool(x, graph_index, b)))})
+        out = {}
+        for l, t in enumerate(self._degrees(x)):  # (N, 2l+1, C_l)
+            padded = t.new_zeros(b * n, *t.shape[1:]).index_copy(0, node_ids, t)
+            out[l] = self._public_shape(padded.view(b, n, 2 * l + 1, t.shape[-1]).transpose(-1, -2), l)  # (b, n, C, 2l+1)
+        return Return(out)
 
     def forward_packed(
         self,
@@ -305,8 +329,11 @@ class Equiformer(nn.Module):
         edge_index: Tensor | None = None,
         edge_attr: Tensor | None = None,
         return_pooled: bool = False,
+        *,
+        neighbors: Tensor | None = None,
+        shifts: Tensor | None = None,
     ) -> Return:
-        """Many graphs of different sizes in one call, without padding.
+        """Many graphs of different sizes in one call, without padding: the model itself.
 
         ``inputs``: token ids ``(N,)``, features ``(N, d0)``, or ``{0: (N, d0), l: (N, d_l, 2l+1)}``;
         ``coors``: ``(N, 3)``; ``graph_index``: ``(N,)`` graph of every node (default: one graph),
@@ -317,6 +344,16 @@ class Equiformer(nn.Module):
         ``edge_attr``: the sparse ``edges`` argument: pairs ``(i, j)`` (each at most once) and
         their edge-token ids ``(P,)`` or features ``(P, edge_dim)``; pairs not listed get token 0
         / zero features.  Ids may have any integer dtype.
+
+        ``neighbors``: a graph from outside, ``(2, E)`` pairs ``(i, j)``, "``i`` receives from
+        ``j``" (a PyG ``edge_index`` is ``(source, target)``: flip it).  No neighbour search runs;
+        the edge vector of edge ``e`` is ``coors[j] - coors[i] + shifts[e]``, ``shifts`` ``(E, 3)``
+        (optional, same dtype as ``coors``) carrying periodic images: gradients flow through both.
+        Edges still fade out at ``valid_radius`` by their length; adjacency edges, hop labels and
+        edge tokens apply by node pair alongside (a listed pair with no shift that is also a kept
+        adjacency pair counts once, as the adjacency edge).  A pair may repeat with different
+        shifts (images); a node's edge to itself needs a nonzero shift.
+
         Returns ``(N, ...)`` outputs, equal to ``forward`` on the padded equivalent, or with
         ``return_pooled`` the mean over each graph's nodes, ``(number of graphs, ...)`` (graph ids
         without nodes get zeros).  Nothing is padded: memory is linear in N whatever the mix of
@@ -331,12 +368,10 @@ class Equiformer(nn.Module):
         counts, positions = positions_in_graphs(graph_index)  # nodes per graph, position in it
         num_graphs = 1 if one_graph else counts.numel()
         check_features(self, inputs, (n_nodes,), "nodes", largest_graph=int(counts.max()) if n_nodes else 0)
-        x = self._pack_features(self._embed_inputs(inputs, positions, node_dims=1), n_nodes)
-        needs_adjacency = self.attend_sparse_neighbors or self.num_adj_degrees_embed
         pairs = None
-        if adjacency is not None and not needs_adjacency:
+        if adjacency is not None and not self._needs_adjacency:
             warn_unused_adjacency("adjacency", stacklevel=2)
-        if needs_adjacency:
+        if self._needs_adjacency:
             if adjacency is None:
                 raise ValueError("adjacency (2, A) is required with attend_sparse_neighbors or num_adj_degrees_embed")
             pairs = sparse_pairs(adjacency, graph_index)
@@ -344,18 +379,47 @@ class Equiformer(nn.Module):
         edge_lookup = None
         if edge_index is not None:
             edge_lookup = sparse_edge_lookup(edge_index, edge_attr, graph_index)
-        graph = self._graph(coors, graph_index=graph_index, adjacency=pairs)
+        given = None
+        if neighbors is not None or shifts is not None:
+            given = checked_neighbors(neighbors, shifts, coors, graph_index, check_values=self.check_inputs)
+        x = self._packed_network(_degree_dict(inputs), coors, graph_index, positions, num_graphs, pairs, edge_lookup, given)
+        if return_pooled:
+            x = self._pool(x, graph_index, num_graphs)
+        return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(x))})
+
+    def _packed_network(
+        self,
+        feats: dict[int, Tensor],
+        coors: Tensor,
+        graph_index: Tensor,
+        positions: Tensor,
+        num_graphs: int,
+        adjacency: tuple[Tensor, Tensor] | None,
+        edge_lookup,
+        neighbors: tuple[Tensor, Tensor | None] | None = None,
+    ) -> Tensor:
+        """The network on packed nodes: per-degree inputs ``(N, ...)`` at ``coors`` ``(N, 3)`` ->
+        flat outputs ``(N, F_out)``.  ``positions``: the index ``num_positions`` embeds;
+        ``adjacency``: ``(dst, src)`` pairs; ``edge_lookup(dst, src)``: edge tokens or features of
+        node pairs; ``neighbors``: checked ``(pairs (2, E), shifts (E, 3) or None)`` from outside."""
+        x = self._pack_features(self._embed_inputs(feats, positions))  # (N, F_in)
+        if neighbors is None and self.num_neighbors > 0:
+            check_distance_search_under_transforms()
+        graph = self._graph(coors, graph_index, adjacency, neighbors)
         # per-graph work inside the network (global linear attention) over the graphs that have
         # nodes, numbered densely: sparse ids (1e6 for two graphs) would size it by the largest id
-        node_graph, run_graphs = graph_index, num_graphs
-        present = counts > 0
-        if not one_graph and n_nodes and not bool(present.all()):
-            node_graph, run_graphs = (torch.cumsum(present, 0) - 1)[graph_index], int(present.sum())
-        x = self._run(x, coors, graph, None, node_graph, run_graphs, edge_lookup)
-        if return_pooled:  # per-graph means of the flat outputs (N, F) -> (graphs, F)
-            sizes = counts.clamp(min=1) if counts.numel() else counts.new_ones(1)  # (graphs,)
-            x = segment_sum(x, graph_index, num_graphs) / sizes.to(x.dtype)[:, None]
-        return Return({l: self._public_shape(t.transpose(-1, -2), l) for l, t in enumerate(self._degrees(x))})
+        node_graph = graph_index
+        present = torch.bincount(graph_index, minlength=num_graphs) > 0
+        if graph_index.numel() and not bool(present.all()):
+            node_graph, num_graphs = (torch.cumsum(present, 0) - 1)[graph_index], int(present.sum())
+        return self._run(x, coors, graph, node_graph, num_graphs, edge_lookup)
+
+    @staticmethod
+    def _pool(x: Tensor, graph_index: Tensor, num_graphs: int) -> Tensor:
+        """Per-graph means of flat node outputs, ``(N, F) -> (graphs, F)``; graphs without nodes
+        get zeros."""
+        sizes = torch.bincount(graph_index, minlength=num_graphs).clamp(min=1)  # (graphs,)
+        return segment_sum(x, graph_index, num_graphs) / sizes.to(x.dtype)[:, None]
 
     def _radial(self, scalars: Tensor) -> Tensor:
         """Shared radial trunk; recomputed in backward instead of stored when chunking edges."""
@@ -364,41 +428,36 @@ class Equiformer(nn.Module):
             return checkpoint(self.radial_trunk, scalars, use_reentrant=False)
         return self.radial_trunk(scalars)
 
-    def _pack_features(self, feats: dict[int, Tensor], size: int, node_ids: Tensor | None = None) -> Tensor:
-        """Per-degree inputs over ``size`` node slots -> flat ``(N, F_in)`` features of the real
-        nodes (the slots ``node_ids``; all of them if None)."""
-        parts = [feats[0].reshape(size, feats[0].shape[-1])]  # (slots, d0)
+    def _pack_features(self, feats: dict[int, Tensor]) -> Tensor:
+        """Per-degree node inputs ``{0: (N, d0), l: (N, d_l, 2l+1)}`` -> flat ``(N, F_in)``."""
+        parts = [feats[0]]  # (N, d0)
         for l in range(1, self.input_degrees):
-            t = feats[l].transpose(-1, -2)  # (..., 2l+1, d_l)
-            parts.append(t.reshape(size, t.shape[-2] * t.shape[-1]))  # (slots, (2l+1) d_l)
-        if node_ids is not None:
-            parts = [part.index_select(0, node_ids) for part in parts]  # (N, ...)
+            t = feats[l].transpose(-1, -2)  # (N, 2l+1, d_l)
+            parts.append(t.reshape(t.shape[0], t.shape[-2] * t.shape[-1]))  # (N, (2l+1) d_l)
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
-    def _graph(self, coors: Tensor, **nodes) -> Graph:
-        """Edges by the model's settings; ``nodes``: ``mask=`` (padded ``coors``) or
-        ``graph_index=`` (packed), and ``adjacency=`` pairs in the same node ids."""
-        if self.num_neighbors > 0:
-            check_distance_search_under_transforms()
+    def _graph(
+        self, coors: Tensor, graph_index: Tensor, adjacency: tuple[Tensor, Tensor] | None, neighbors: tuple[Tensor, Tensor | None] | None
+    ) -> Graph:
+        """Edges by the model's settings over packed nodes: found by distance, or ``neighbors``
+        from outside, plus ``adjacency`` pairs and hop labels."""
         return build_graph(
             coors,
-            nodes.pop("mask", None),
+            None,
             num_neighbors=self.num_neighbors,
             valid_radius=self.valid_radius,
             max_hops=self.num_adj_degrees_embed,
             max_sparse_neighbors=self.max_sparse_neighbors,
             adjacency_edges=self.attend_sparse_neighbors,
-            **nodes,
+            adjacency=adjacency,
+            graph_index=graph_index,
+            neighbors=neighbors,
         )
 
-    def _run(
-        self, x: Tensor, pos: Tensor, graph: Graph, to_packed: Tensor | None, node_graph: Tensor, num_graphs: int, edge_lookup
-    ) -> Tensor:
-        """The network on packed nodes ``x`` ``(N, F_in)`` at ``pos`` ``(N, 3)``; ``graph``'s node
-        ids map to packed ones through ``to_packed`` (None: they are packed already), while
-        ``edge_lookup`` takes them as they are."""
-        dst, src = (graph.dst, graph.src) if to_packed is None else (to_packed[graph.dst], to_packed[graph.src])
-        vec, dist = edge_vectors(pos, dst, src)
+    def _run(self, x: Tensor, pos: Tensor, graph: Graph, node_graph: Tensor, num_graphs: int, edge_lookup) -> Tensor:
+        """The layers on packed nodes ``x`` ``(N, F_in)`` at ``pos`` ``(N, 3)`` over ``graph``."""
+        dst, src = graph.dst, graph.src
+        vec, dist = edge_vectors(pos, dst, src, graph.shift)
         weight = torch.where(graph.by_distance, polynomial_envelope(dist, self.valid_radius), torch.ones_like(dist))
         geometry = EdgeGeometry.build(
             vec,
@@ -410,9 +469,9 @@ class Equiformer(nn.Module):
             weight=weight,
             edge_attr=self._radial(self._edge_scalars(dist, graph, edge_lookup)),
             lmax=self.num_degrees - 1,
-            tensor_product=self.tensor_product,
+            edge_layout=self.edge_layout,
+            edge_chunk_size=self.edge_chunk_size,
         )
-        geometry.edge_chunk_size = self.edge_chunk_size
         x = x.to(pos.dtype)
         x = self.input_embedding(x, geometry)
         x = self.blocks(x, geometry)
@@ -432,17 +491,10 @@ class Equiformer(nn.Module):
             t = t.squeeze(-1) if l == 0 else t.squeeze(-2)
         return t
 
-    def _unpack(self, x: Tensor, node_ids: Tensor, mask: Tensor, pooled: bool) -> dict[int, Tensor]:
-        b, n = mask.shape
-        out = {}
-        for l, t in enumerate(self._degrees(x)):  # (N, 2l+1, C_l)
-            padded = t.new_zeros(b * n, *t.shape[1:]).index_copy(0, node_ids, t)
-            padded = padded.view(b, n, 2 * l + 1, t.shape[-1]).transpose(-1, -2)  # (b, n, C, 2l+1)
-            if pooled:
-                counts = mask.sum(1).clamp(min=1).to(t.dtype)
-                padded = padded.sum(1) / counts.view(b, *([1] * (padded.ndim - 2)))
-            out[l] = self._public_shape(padded, l)
-        return out
+
+def _degree_dict(inputs: Tensor | dict) -> dict[int, Tensor]:
+    """``forward``'s inputs as per-degree tensors (a tensor is degree 0)."""
+    return dict(inputs) if isinstance(inputs, dict) else {0: inputs}
 
 
 __all__ = ["Equiformer", "Return"]

@@ -44,3 +44,39 @@ def sparse_edge_lookup(pairs: Tensor, values: Tensor, graph_index: Tensor) -> Ca
         raise ValueError(f"edge_index lists the pair ({first // size}, {first % size}) more than once; give each pair one edge_attr row")
     values = values[order]
     return lambda dst, src: lookup_pairs(keys, values, dst, src, size)
+
+
+def checked_neighbors(
+    neighbors: Tensor | None, shifts: Tensor | None, coors: Tensor, graph_index: Tensor, check_values: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """``forward_packed``'s graph from outside: ``neighbors`` ``(2, E)`` integer pairs ``(i, j)``
+    ("``i`` receives from ``j``") within one graph each, ``shifts`` ``(E, 3)`` image offsets (or
+    None).  Returns them as int64 pairs and ``coors``-typed shifts.  ``check_values``: also refuse
+    NaN or infinite shifts (a host sync, like the model's other value checks)."""
+    if neighbors is None:
+        raise ValueError("shifts were given without neighbors: pass neighbors (2, E) with shifts (E, 3)")
+    pairs = _check_pairs(neighbors, graph_index, "neighbors")
+    if pairs.device != coors.device:
+        raise ValueError(f"neighbors must be on the device of coors ({coors.device}), got {pairs.device}")
+    edges = pairs.shape[1]
+    if shifts is not None:
+        if not isinstance(shifts, Tensor):
+            raise TypeError(f"shifts must be a tensor (E, 3), got {type(shifts).__name__}")
+        if shifts.dtype != coors.dtype:
+            raise TypeError(f"shifts must have the dtype of coors ({coors.dtype}), got {shifts.dtype}")
+        if tuple(shifts.shape) != (edges, 3):
+            raise ValueError(f"shifts must have shape (E, 3) = {(edges, 3)}, one row per neighbors pair, got {tuple(shifts.shape)}")
+        if shifts.device != coors.device:
+            raise ValueError(f"shifts must be on the device of coors ({coors.device}), got {shifts.device}")
+        if check_values and not bool(torch.isfinite(shifts).all()):
+            raise ValueError("shifts must be finite, got NaN or inf (check_inputs=False skips this check)")
+    loops = pairs[0] == pairs[1]
+    if shifts is not None:
+        loops = loops & (shifts == 0).all(-1)
+    if bool(loops.any()):
+        e = int(loops.nonzero()[0])
+        raise ValueError(
+            f"neighbors pairs node {int(pairs[0, e])} with itself (edge {e}) without a shift: an edge to oneself "
+            "has no direction; give it a nonzero shift (a periodic image) or leave it out"
+        )
+    return pairs, shifts

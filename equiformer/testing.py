@@ -29,13 +29,19 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return _TOLERANCE.get(dtype, 1e-4)
 
 
+def _draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where random draws are made: the generator's device (the CPU without one), whatever the
+    default device; the results are then moved to the requested device."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def random_rotation(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """A uniformly random proper rotation ``(3, 3)`` (from a random unit quaternion)."""
-    q = torch.randn(4, dtype=torch.float64, generator=generator)
+    q = torch.randn(4, dtype=torch.float64, generator=generator, device=_draw_device(generator))
     w, x, y, z = (q / q.norm()).tolist()
     r = torch.tensor(
         [
@@ -44,6 +50,7 @@ def random_rotation(
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ],
         dtype=torch.float64,
+        device="cpu",
     )
     return r.to(dtype=dtype, device=device)
 
@@ -54,9 +61,9 @@ def random_reflection(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """A random improper rotation (det -1): a mirror through a random plane."""
-    n = torch.randn(3, dtype=torch.float64, generator=generator)
+    n = torch.randn(3, dtype=torch.float64, generator=generator, device=_draw_device(generator))
     n = n / n.norm()
-    return (torch.eye(3, dtype=torch.float64) - 2 * torch.outer(n, n)).to(dtype=dtype, device=device)
+    return (torch.eye(3, dtype=torch.float64, device=n.device) - 2 * torch.outer(n, n)).to(dtype=dtype, device=device)
 
 
 def random_translation(
@@ -65,7 +72,8 @@ def random_translation(
     generator: torch.Generator | None = None,
     scale: float = 10.0,
 ) -> Tensor:
-    return (scale * torch.randn(3, dtype=torch.float64, generator=generator)).to(dtype=dtype, device=device)
+    noise = torch.randn(3, dtype=torch.float64, generator=generator, device=_draw_device(generator))
+    return (scale * noise).to(dtype=dtype, device=device)
 
 
 def transform(x: Tensor | None, kind: Kind, rotation: Tensor, translation: Tensor | None = None) -> Tensor | None:
@@ -174,7 +182,8 @@ def randomize_parameters(module: torch.nn.Module, std: float = 0.1, generator: t
     otherwise make equivariance and masking tests pass trivially)."""
     with torch.no_grad():
         for p in module.parameters():
-            noise = torch.randn(p.shape, dtype=torch.float64, generator=generator).to(dtype=p.dtype, device=p.device)
+            noise = torch.randn(p.shape, dtype=torch.float64, generator=generator, device=_draw_device(generator))
+            noise = noise.to(dtype=p.dtype, device=p.device)
             p.add_(std * noise)
 
 

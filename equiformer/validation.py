@@ -1,4 +1,5 @@
-"""Checks at the public boundary of ``Equiformer``: constructor arguments and forward inputs.
+"""Checks at the public boundary of ``Equiformer``: forward inputs (the constructor arguments are
+checked by ``equiformer.config.EquiformerConfig``).
 
 Every error names the argument, what was expected and what was received.  ``TypeError`` for a
 wrong Python type or tensor dtype, ``ValueError`` for a wrong shape, value, range or device.
@@ -10,170 +11,13 @@ while ``model.check_inputs`` is true (the default) and can be switched off for s
 """
 from __future__ import annotations
 
-import math
 import warnings
-from numbers import Integral, Real
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .nn.edge_geometry import TENSOR_PRODUCTS
-
-_FLAGS = (
-    "reduce_dim_out",
-    "init_out_zero",
-    "attend_self",
-    "linear_out",
-    "single_headed_kv",
-    "ff_include_htype_norms",
-    "l2_dist_attention",
-    "reversible",
-    "attend_sparse_neighbors",
-    "gate_attn_head_outputs",
-    "reflection_equivariance",
-    "check_inputs",
-)
-
-
-# ---------------------------------------------------------------------------------- constructor
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_flag(value: Any) -> bool:
-    """True/False, numpy booleans, or the integers 1/0 (equiformer-pytorch takes any truthy value;
-    we take the unambiguous ones)."""
-    return isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1))
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
-
-
-def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A checked config in plain Python types (numpy numbers to int/float/bool; lists and tuples
-    copied): loadable with ``torch.load(weights_only=True)`` and JSON, and not aliased to the
-    caller's objects."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        if isinstance(value, Integral):
-            return int(value)
-        if isinstance(value, Real):
-            return float(value)
-        if isinstance(value, (list, tuple)):
-            return type(value)(plain(v) for v in value)
-        return value
-
-    return {name: bool(value) if name in _FLAGS else plain(value) for name, value in config.items()}
-
-
-def _check_int(config: Mapping[str, Any], name: str, minimum: int, optional: bool = False) -> None:
-    value = config[name]
-    if optional and value is None:
-        return
-    if not _is_int(value):
-        what = "None or an integer" if optional else "an integer"
-        raise TypeError(f"{name} must be {what} >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_count(config: Mapping[str, Any], name: str) -> None:
-    """A neighbour count: an integer >= 0 or ``inf`` (no limit)."""
-    value = config[name]
-    if not _is_real(value) or not (value == math.inf or float(value).is_integer()):
-        raise TypeError(f"{name} must be an integer >= 0 or float('inf'), got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-def _check_per_degree(config: Mapping[str, Any], name: str, count_name: str) -> None:
-    """An int for every degree, or one positive int per degree (``config[count_name]`` of them)."""
-    value, count = config[name], config[count_name]
-    values = (value,) if _is_int(value) else value
-    if not isinstance(values, Sequence) or isinstance(values, str) or not all(_is_int(v) for v in values):
-        raise TypeError(f"{name} must be an int or a sequence of ints (one per degree), got {value!r}")
-    if not _is_int(value) and len(values) != count:
-        raise ValueError(f"{name} must give one value per degree ({count_name}={count}), got {len(values)}: {tuple(value)}")
-    if any(v < 1 for v in values):
-        raise ValueError(f"{name} must be >= 1 for every degree, got {value!r}")
-
-
-def check_config(config: Mapping[str, Any]) -> None:
-    """Refuse constructor arguments that are malformed or cannot work together.
-
-    ``config``: the keyword arguments of ``Equiformer.__init__``, all of them."""
-    for name in _FLAGS:
-        if not _is_flag(config[name]):
-            raise TypeError(f"{name} must be True or False (or 1 or 0), got {config[name]!r}")
-    _check_int(config, "num_degrees", 1)
-    _check_int(config, "input_degrees", 1)
-    if config["input_degrees"] > config["num_degrees"]:
-        raise ValueError(
-            f"input_degrees must be <= num_degrees ({config['num_degrees']}), got {config['input_degrees']}"
-        )
-    for name in ("dim", "heads", "dim_head"):
-        _check_per_degree(config, name, "num_degrees")
-    if config["dim_in"] is not None:
-        _check_per_degree(config, "dim_in", "input_degrees")
-    _check_int(config, "depth", 0)
-    for name in ("radial_hidden_dim", "linear_attn_dim_head", "attn_hidden_dim_mult", "ff_mult"):
-        _check_int(config, name, 1)
-    _check_int(config, "num_linear_attn_heads", 0)
-    _check_int(config, "adj_dim", 0)
-    _check_int(config, "num_radial_basis", 2)
-    for name in ("num_tokens", "num_positions", "num_edge_tokens", "num_adj_degrees_embed"):
-        _check_int(config, name, 1, optional=True)
-    _check_int(config, "edge_dim", 0, optional=True)
-    _check_int(config, "edge_chunk_size", 1, optional=True)
-    _check_count(config, "num_neighbors")
-    _check_count(config, "max_sparse_neighbors")
-
-    radius = config["valid_radius"]
-    if not _is_real(radius) or not radius > 0:  # NaN fails too
-        raise ValueError(f"valid_radius must be a number > 0 (float('inf') for no cutoff), got {radius!r}")
-    radial_max = config["radial_max_distance"]
-    if radial_max is not None and (not _is_real(radial_max) or not 0 < radial_max < math.inf):
-        raise ValueError(f"radial_max_distance must be None or a finite number > 0, got {radial_max!r}")
-    frac = config["embedding_grad_frac"]
-    if not _is_real(frac) or not 0.0 <= frac <= 1.0:
-        raise ValueError(f"embedding_grad_frac must be a number in [0, 1], got {frac!r}")
-    slope = config["attn_leakyrelu_slope"]
-    if not _is_real(slope) or not math.isfinite(slope):
-        raise ValueError(f"attn_leakyrelu_slope must be a finite number, got {slope!r}")
-    if config["tensor_product"] not in TENSOR_PRODUCTS:
-        raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {config['tensor_product']!r}")
-
-    # combinations
-    if config["num_edge_tokens"] is not None and not config["edge_dim"]:
-        raise ValueError(
-            f"num_edge_tokens={config['num_edge_tokens']} needs edge_dim >= 1 (the width of the edge-token "
-            f"embedding), got edge_dim={config['edge_dim']!r}"
-        )
-    if config["num_neighbors"] == 0 and not config["attend_sparse_neighbors"]:
-        raise ValueError("num_neighbors=0 leaves nothing to attend to unless attend_sparse_neighbors=True")
-    if config["num_neighbors"] == 0 and config["max_sparse_neighbors"] == 0:
-        raise ValueError("num_neighbors=0 with max_sparse_neighbors=0 leaves nothing to attend to (no edges at all)")
-    # keywords without effect in this combination: equiformer-pytorch ignores them silently, so a
-    # config written for it must still build; we say so (stacklevel: check_config, __init__, user)
-    if config["adj_dim"] > 0 and config["num_adj_degrees_embed"] is None:
-        warnings.warn(
-            f"adj_dim={config['adj_dim']} is ignored: it is the width of the hop-distance embedding, "
-            "which needs num_adj_degrees_embed >= 1 (got None)",
-            UserWarning,
-            stacklevel=3,
-        )
-    if not config["linear_out"] and not config["reduce_dim_out"]:
-        warnings.warn(
-            "linear_out=False is ignored: it picks the output head of reduce_dim_out=True, and with "
-            "reduce_dim_out=False there is no head",
-            UserWarning,
-            stacklevel=3,
-        )
+from .config import _is_int
 
 
 # ---------------------------------------------------------------------------------- forward
@@ -442,4 +286,4 @@ def check_forward(model, coors: Any, mask: Any, adj_mat: Any, edges: Any) -> Non
             )
 
 
-__all__ = ["TENSOR_PRODUCTS", "check_config", "check_features", "check_forward"]
+__all__ = ["check_features", "check_forward"]

@@ -97,12 +97,12 @@ def test_peer_attributes_and_keywords():
     layers): True starts every attention output projection at zero, False does not."""
     kwargs = dict(dim=(8, 4), num_degrees=2, depth=2, heads=2, dim_head=4)
     zero, random = Equiformer(**kwargs), Equiformer(**kwargs, init_out_zero=False)
-    assert zero.device == torch.device("cpu") and zero.config["init_out_zero"] is True
+    assert zero.device == torch.device("cpu") and zero.config.init_out_zero is True
     for model, starts_at_zero in ((zero, True), (random, False)):
         for block in model.blocks.blocks:
             weights = list(block.attn.to_out.parameters())
             assert all(bool((w == 0).all()) == starts_at_zero for w in weights)
-    assert Equiformer.from_config(random.config).config["init_out_zero"] is False
+    assert Equiformer.from_config(random.config).config.init_out_zero is False
 
 
 def test_return_pooled_is_a_masked_mean():

@@ -5,6 +5,7 @@ Timings are never asserted (machines are shared and noisy); the scripts' outputs
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -40,3 +41,30 @@ def test_benchmark_quick_run(script: str, extra: list[str], pattern: str) -> Non
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(pattern, out.stdout, flags=re.MULTILINE), out.stdout[-2000:]
     assert not re.search(r"\bnan\b|failed", out.stdout), out.stdout[-2000:]
+
+
+def test_gpu_check_quick_run_on_cpu(tmp_path: Path) -> None:
+    """The GPU check's CPU smoke run: every part passes and the report has their numbers."""
+    report = tmp_path / "report.md"
+    cmd = [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--quick", *ON_CPU, "--out", str(report)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for part in ("equivariance", "masking", "denoise", "peer_comparison"):
+        assert re.search(rf"^{part}: ok \(", out.stdout, flags=re.MULTILINE), out.stdout
+    assert not re.search(r"\bnan\b|failed", out.stdout), out.stdout[-2000:]
+    text = report.read_text()
+    assert "| equivariance | ok |" in text and "| masking | ok |" in text
+    assert re.search(rf"\| mlp-cg \| bf16-autocast \| {NUMBER}e-\d+ \|", text), text
+    assert '"rmsd_denoised": ' in text and "denoise-quick" in text
+
+
+def test_gpu_check_reports_parts_that_run_out_of_time(tmp_path: Path) -> None:
+    """A part past its time limit is killed and reported; the next part still runs."""
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--quick", *ON_CPU, "--out", str(report),
+           "--parts", "masking", "denoise", "--time-budget", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    parts = json.loads(report.read_text())["parts"]
+    assert [(name, p["status"]) for name, p in parts.items()] == [("masking", "timed out"), ("denoise", "timed out")]
+    assert parts["masking"]["run"]["timeout"] == 1.0

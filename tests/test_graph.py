@@ -140,8 +140,9 @@ def test_grid_search_equals_exhaustive_search():
 def test_radius_alone_is_searched_on_a_grid_with_the_exhaustive_edges(monkeypatch):
     """``num_neighbors=inf`` with a finite radius on a large sparse graph: one grid of radius-wide
     cells (was exhaustive, O(n^2) time), every neighbour within the radius, no more."""
-    import equiformer.graph as graph_module
+    import equiformer.graph.knn as knn_module
     from equiformer.graph import brute_knn_edges, grid_knn_edges
+    from equiformer.graph.grid import grid_search
 
     g = torch.Generator().manual_seed(3)
     pos = torch.rand(2, 2500, 3, generator=g, dtype=torch.float64) * 60
@@ -155,7 +156,7 @@ def test_radius_alone_is_searched_on_a_grid_with_the_exhaustive_edges(monkeypatc
     excluded = brute_knn_edges(pos, mask, INF, 4.0, exclude)
     assert edges(grid_knn_edges(pos, mask, INF, 4.0, exclude)) == edges(excluded) == edges(b) - edges(exclude)
     used = []
-    monkeypatch.setattr(graph_module, "grid_knn_edges", lambda *args: used.append(args[2]) or grid_knn_edges(*args))
+    monkeypatch.setattr(knn_module, "grid_search", lambda *args: used.append(args[2].num_neighbors) or grid_search(*args))
     found = knn_edges(pos, mask, INF, 4.0)
     assert used == [INF] and edges(found) == edges(b)
     used.clear()
@@ -208,7 +209,7 @@ def test_grid_search_on_a_dense_core_in_a_sparse_cloud():
 
 
 def test_cell_chunks_pad_within_a_factor_of_two_per_side():
-    from equiformer.graph import _cell_chunks
+    from equiformer.graph.grid import _cell_chunks
 
     g = torch.Generator().manual_seed(9)
     occupancy = torch.randint(1, 60, (500,), generator=g)
@@ -233,7 +234,7 @@ def _skewed_batch(sizes, n, generator):
 
 
 def test_size_grouped_search_equals_padded_search(monkeypatch):
-    import equiformer.graph as graph_module
+    import equiformer.graph.knn as knn_module
 
     g = torch.Generator().manual_seed(7)
     pos, mask = _skewed_batch([300, 1, 0, 7, 16, 9, 40, 3] + [5] * 40, 320, g)
@@ -242,14 +243,14 @@ def test_size_grouped_search_equals_padded_search(monkeypatch):
     same_graph = exclude[0] // 320 == exclude[1] // 320
     exclude = (exclude[0][same_graph], exclude[1][same_graph])
     widths = []
-    padded_search = graph_module._padded_knn_edges
+    padded_search = knn_module.padded_search
 
     def recording(pos, *args):
         widths.append(pos.shape[1])
         return padded_search(pos, *args)
 
-    monkeypatch.setattr(graph_module, "_padded_knn_edges", recording)
-    assert graph_module.size_groups(mask.sum(1), padded_width=320) is not None
+    monkeypatch.setattr(knn_module, "padded_search", recording)
+    assert knn_module.size_groups(mask.sum(1), padded_width=320) is not None
     for k, radius, ex in [(4, INF, None), (6, 3.0, exclude), (INF, 2.5, None), (INF, INF, exclude)]:
         widths.clear()
         grouped = knn_edges(pos, mask, k, radius, ex)

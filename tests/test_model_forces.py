@@ -5,8 +5,8 @@ import torch
 
 from model_factory import chain_adjacency, make_inputs, make_model
 
-from equiformer.nn import transforms
-from equiformer.nn.transforms import MIN_TORCH_FOR_DISTANCE_SEARCH_UNDER_TRANSFORMS as NEED, torch_release
+from equiformer import transforms
+from equiformer.transforms import MIN_TORCH_FOR_DISTANCE_SEARCH_UNDER_TRANSFORMS as NEED, torch_release
 
 # the oldest torch this package supports (setup.py) runs every test but these: under it they get
 # the clear error that test_old_torch_refuses_transforms_by_name checks instead

@@ -67,7 +67,7 @@ def crop_window(
             raise ValueError(f"present must be a (length,) bool array with a True, got shape {present.shape}")
         counts = np.concatenate([[0], np.cumsum(present)])
         valid = np.flatnonzero(counts[max_residues:] - counts[:starts] > 0)  # windows with an atom
-    pick = int(torch.randint(0, starts if valid is None else len(valid), (1,), generator=generator))
+    pick = int(torch.randint(0, starts if valid is None else len(valid), (1,), generator=generator, device="cpu"))
     start = pick if valid is None else int(valid[pick])
     return slice(start, start + max_residues)
 

@@ -4,6 +4,8 @@ from .attention import L2DistanceAttention, MLPAttention
 from .cg_convolution import CGConvolution, so2_from_cg, tensor_product_paths
 from .edge_convolution import EdgeConvolution
 from .edge_geometry import EdgeGeometry, edge_vectors
+from .edge_graph import EdgeGraph
+from .edge_layout import EdgeLayout
 from .feedforward import FeedForward
 from .fiber import FiberLayout, gated_fiber, layout
 from .linear import EquivariantLinear
@@ -17,6 +19,8 @@ __all__ = [
     "CGConvolution",
     "EdgeConvolution",
     "EdgeGeometry",
+    "EdgeGraph",
+    "EdgeLayout",
     "EquivariantLayerNorm",
     "EquivariantLinear",
     "FeedForward",

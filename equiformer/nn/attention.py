@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activation import Gate
+from .edge_chunks import over_receiver_chunks
 from .edge_convolution import EdgeConvolution
-from .edge_geometry import EdgeGeometry, over_receiver_chunks
+from .edge_geometry import EdgeGeometry
+from .edge_layout import EdgeLayout
 from .exact_constants import ExactConstants
 from .expand import ColumnExpansion
-from .fiber import Fiber, edge_order_major, edge_positions, gated_fiber, layout
+from .fiber import Fiber, gated_fiber, layout
 from .head_norms import squared_head_norms
 from .linear import EquivariantLinear, linear_many, stacking_order
 from .linear_attention import GlobalLinearAttention
@@ -44,7 +46,7 @@ def _head_indices(heads: Fiber, dim_head: Fiber, single_headed: bool) -> tuple[T
                 head_of.append(first_head + c // d)
                 source.append(lay_v.offsets[l] + m * values[l] + (c % d if single_headed else c))
         first_head += h
-    return torch.tensor(head_of), torch.tensor(source)
+    return torch.tensor(head_of, device="cpu"), torch.tensor(source, device="cpu")
 
 
 class _GraphAttention(ExactConstants):
@@ -63,17 +65,17 @@ class _GraphAttention(ExactConstants):
         gate_attn_head_outputs: bool,
         num_linear_attn_heads: int,
         linear_attn_dim_head: int,
-        tensor_product: str,
-        reflection: bool,
+        edge_layout: EdgeLayout,
         init_out_zero: bool = True,
+        smooth_norm: bool = False,
     ):
         super().__init__()
         self.fiber, self.heads, self.dim_head = tuple(fiber), tuple(heads), tuple(dim_head)
         self.attend_self, self.single_headed_kv = attend_self, single_headed_kv
         self.head_fiber = tuple(h * d for h, d in zip(heads, dim_head))
         self.value_fiber = self.dim_head if single_headed_kv else self.head_fiber
-        self.conv_kwargs = dict(tensor_product=tensor_product, reflection=reflection)
-        self.norm = EquivariantLayerNorm(fiber)
+        self.edge_layout = edge_layout  # the model's tensor product: its convolutions and edge layout
+        self.norm = EquivariantLayerNorm(fiber, smooth=smooth_norm)
         self.radial = nn.Linear(edge_attr_dim, sum(fiber))  # head on the shared radial trunk
         self.src_proj = EquivariantLinear(fiber, fiber)
         self.dst_proj = EquivariantLinear(fiber, fiber, bias=False) if self.uses_receiver_in_messages else None
@@ -93,13 +95,10 @@ class _GraphAttention(ExactConstants):
         self.register_buffer("value_source", source, persistent=False)
         # the same maps for the edge-frame layouts, where values are weighted before they are
         # rotated back (the weights are invariant, so weighting commutes with the rotation)
-        head_edge, value_edge = self._edge_positions(self.head_fiber), self._edge_positions(self.value_fiber)
+        head_edge = edge_layout.positions(self.head_fiber)  # (F_heads,) degree-major position of each edge slot
         self.expand_heads_edge = ColumnExpansion(head_of[head_edge], sum(self.heads))
-        self.register_buffer("edge_value_source", torch.argsort(value_edge)[source[head_edge]], persistent=False)
-
-    def _edge_positions(self, fiber: Fiber) -> Tensor:
-        """Degree-major position of every position of ``fiber``'s edge-frame layout."""
-        return edge_positions(fiber, edge_order_major(fiber, self.conv_kwargs["tensor_product"]))
+        value_slot = edge_layout.slots(self.value_fiber)  # (F_V,) edge slot of each degree-major position
+        self.register_buffer("edge_value_source", value_slot[source[head_edge]], persistent=False)
 
     def node_linears(self) -> list[EquivariantLinear]:
         """The node-wise projections of the normalised input, computed together (one product
@@ -147,7 +146,7 @@ class _GraphAttention(ExactConstants):
         or the global one.
 
         alpha is expanded to every flat position first: a broadcast multiply per degree,
-        ``(R, 2l+1, H, d) * (R, 1, H, 1)``, was measured 2-4x slower forward+backward on CPU (its
+        ``(R, 2l+1, H, d) * (R, 1, H, 1)``, was measured slower forward+backward on CPU (its
         innermost broadcast dimension has size 1); the cost is one (R, F_heads) tensor kept for
         backward (bounded by ``edge_chunk_size`` when edges are chunked).
         """
@@ -186,12 +185,11 @@ class MLPAttention(_GraphAttention):
         self.attn_hidden = sum(h * attn_hidden_dim_mult for h in self.heads)
         gated = gated_fiber(self.value_fiber)
         self.mid_fiber = (self.attn_hidden + gated[0], *gated[1:])
-        self.conv = EdgeConvolution(self.fiber, self.mid_fiber, **self.conv_kwargs)
+        self.conv = EdgeConvolution(self.fiber, self.mid_fiber, self.edge_layout)
         self.to_logits = nn.Linear(self.attn_hidden, sum(self.heads), bias=False)
         self.leaky_slope = attn_leakyrelu_slope
         # the gate commutes with rotations: on edges it runs in the edge frame (and its layout)
-        tp = self.conv_kwargs["tensor_product"]
-        self.edge_gate = Gate(self.value_fiber, order_major=edge_order_major(self.value_fiber, tp))
+        self.edge_gate = Gate(self.value_fiber, self.edge_layout)
         self.gate = Gate(self.value_fiber)
         if self.attend_self:
             self.self_in = EquivariantLinear(self.fiber, self.mid_fiber)
@@ -229,15 +227,15 @@ class L2DistanceAttention(_GraphAttention):
         super().__init__(*args, **kwargs)
         self.eps = eps
         self.to_q = EquivariantLinear(self.fiber, self.head_fiber)
-        self.conv_k = EdgeConvolution(self.fiber, self.value_fiber, **self.conv_kwargs)
-        self.conv_v = EdgeConvolution(self.fiber, self.value_fiber, **self.conv_kwargs)
+        self.conv_k = EdgeConvolution(self.fiber, self.value_fiber, self.edge_layout)
+        self.conv_v = EdgeConvolution(self.fiber, self.value_fiber, self.edge_layout)
         if self.attend_self:
             self.self_k = EquivariantLinear(self.fiber, self.value_fiber)
             self.self_v = EquivariantLinear(self.fiber, self.value_fiber)
         self._register_node_order()
         # sums squared differences per head (a 0/1 matrix), with 1/sqrt(dim_head) temperatures;
         # a copy of each map for the edge-frame layouts, where keys and rotated queries meet
-        scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)], dtype=torch.float64)
+        scale = torch.tensor([d**-0.5 for h, d in zip(self.heads, self.dim_head) for _ in range(h)], dtype=torch.float64, device="cpu")
         # stored (heads, F) and padded to a multiple of 16 heads: CPU BLAS is 2-3x slower on
         # skinny products with an odd number of columns (measured for (E, F) @ (F, 10))
         padded_heads = -(-len(scale) // 16) * 16
@@ -245,7 +243,7 @@ class L2DistanceAttention(_GraphAttention):
         dtype = torch.get_default_dtype()
         self.register_constant("head_scale", scale)
         self.register_buffer("head_sum", head_sum.to(dtype), persistent=False)
-        self.register_buffer("edge_head_sum", head_sum[:, self._edge_positions(self.head_fiber)].to(dtype), persistent=False)
+        self.register_buffer("edge_head_sum", head_sum[:, self.edge_layout.positions(self.head_fiber)].to(dtype), persistent=False)
 
     def _keys_per_head(self, k: Tensor, edge_frame: bool) -> Tensor:
         """Keys (R, F_V) at every position of the head fiber (R, F_heads)."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..so3 import clebsch_gordan
 from ..so3.constants import outside_transforms
+from .edge_layout import EdgeLayout
 from .fiber import Fiber, layout
 from .so2_convolution import SO2Convolution
 
@@ -44,13 +45,14 @@ class CGConvolution(nn.Module):
         for li, _, lo in self.paths:
             fan_in[lo] += fiber_in[li]
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(fiber_in[li], fiber_out[lo]) / math.sqrt(fan_in[lo]))
+            nn.Parameter(torch.randn(fiber_in[li], fiber_out[lo], device=torch.get_default_device()) / math.sqrt(fan_in[lo]))
             for li, _, lo in self.paths
         )
         # exact float64 constants, copied once per (dtype, device) actually used; kept out of
         # the state dict and out of .to() so that float32 -> float64 round trips stay exact
         self._couplings: dict[tuple, list[Tensor]] = {}
-        self.register_buffer("scale_index", layout(self.fiber_in).channel_index, persistent=False)
+        positions = EdgeLayout.for_tensor_product("cg", reflection).positions(self.fiber_in)  # global frame: degree-major
+        self.register_buffer("scale_index", layout(self.fiber_in).channel_index[positions], persistent=False)
 
     def couplings(self, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
         key = (dtype, device)

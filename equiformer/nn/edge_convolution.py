@@ -4,7 +4,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .cg_convolution import CGConvolution
-from .edge_geometry import TENSOR_PRODUCTS, EdgeGeometry
+from .edge_geometry import EdgeGeometry
+from .edge_layout import EdgeLayout
 from .fiber import Fiber
 from .so2_convolution import SO2Convolution
 
@@ -12,28 +13,28 @@ from .so2_convolution import SO2Convolution
 class EdgeConvolution(nn.Module):
     """Equivariant per-edge map ``fiber_in -> fiber_out`` of flat features in the edge frame.
 
-    ``tensor_product="so2"``: one GEMM per order m in the edge frame (fast path).  ``"cg"``:
-    Clebsch-Gordan tensor product with the edge harmonics in the global frame (reference path;
-    ``EdgeGeometry.rotate`` is then the identity).  Both compute the same family of functions;
-    ``so2_from_cg`` maps one onto the other exactly.
+    ``edge_layout``, the model's tensor product: ``"so2"``, one GEMM per order m in the edge frame
+    (fast path); ``"cg"``, Clebsch-Gordan tensor product with the edge harmonics in the global
+    frame (reference path; ``EdgeGeometry.rotate`` is then the identity).  Both compute the same
+    family of functions; ``so2_from_cg`` maps one onto the other exactly.  ``x`` and the output
+    are in the edge layout ``edge_layout`` gives their fibers.
     """
 
-    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, tensor_product: str = "so2", reflection: bool = False):
+    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, edge_layout: EdgeLayout):
         super().__init__()
-        if tensor_product not in TENSOR_PRODUCTS:
-            raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
-        self.tensor_product = tensor_product
+        self.edge_layout = edge_layout
         self.fiber_in, self.fiber_out = tuple(fiber_in), tuple(fiber_out)
-        klass = SO2Convolution if tensor_product == "so2" else CGConvolution
-        self.inner = klass(fiber_in, fiber_out, reflection=reflection)
+        self.in_edge_frames = edge_layout.in_edge_frames
+        klass = SO2Convolution if self.in_edge_frames else CGConvolution
+        self.inner = klass(fiber_in, fiber_out, reflection=edge_layout.reflection)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry, scale: Tensor | None = None) -> Tensor:
-        if self.tensor_product == "so2":
+        if self.in_edge_frames:
             return self.inner(x, scale, geometry.zero_length)
         return self.inner(x, geometry.sh, scale)
 
     @staticmethod
-    def apply_all(convs: list["EdgeConvolution"], x: Tensor, geometry: EdgeGeometry, scale: Tensor | None) -> list[Tensor]:
+    def apply_all(convs: list[EdgeConvolution], x: Tensor, geometry: EdgeGeometry, scale: Tensor | None) -> list[Tensor]:
         """Several SO(2) convolutions of the same input share its scaled, re-laid-out copy.
 
         Each still runs its own matrix products: one product for all of them, split afterwards,

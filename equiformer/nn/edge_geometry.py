@@ -1,90 +1,69 @@
 """Per-forward edge constants shared by every layer: frames, harmonics, radial inputs, envelopes.
 
-Computed once from coordinates with autograd on (forces flow through all of it), then passed to
-every block.  ``EdgeGeometry.rotate`` (and its ``inverse``) is the only place features change frame.
+``EdgeGeometry`` is built on an ``EdgeGraph`` (who sends to whom, see ``edge_graph``) from the
+edge vectors, once per forward with autograd on (forces flow through all of it), then passed to
+every block.  ``EdgeGeometry.rotate`` (and its ``inverse``) is the only place features change
+frame, into the layout ``EdgeLayout`` decides (see ``edge_layout``).
 """
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from ..so3 import block_diagonal, edge_to_axis_rotation, permuted_block_diagonal, spherical_harmonics, wigner_D
-from .fiber import Fiber, edge_order_major, layout
+from ..so3 import (
+    block_diagonal,
+    edge_to_axis_rotation,
+    permuted_block_diagonal,
+    spherical_harmonics,
+    wigner_D,
+)
+from .edge_graph import EdgeGraph
+from .edge_layout import EdgeLayout
+from .fiber import Fiber, layout
+from .rotation_kernels import apply_rotation
 from .scatter import segment_sum
-from .transforms import functorch_transform_active
-
-TENSOR_PRODUCTS = ("so2", "cg")
 
 
-def edge_vectors(pos: Tensor, dst: Tensor, src: Tensor) -> tuple[Tensor, Tensor]:
-    """``(vec, dist)``: ``pos[src] - pos[dst]`` (E, 3) and its length (E,), with a finite gradient
-    for coincident nodes."""
+def edge_vectors(pos: Tensor, dst: Tensor, src: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(vec, dist)``: ``pos[src] - pos[dst] (+ shift)`` (E, 3) and its length (E,), with a
+    finite gradient for coincident nodes.  ``shift``: ``(E, 3)`` periodic image offsets."""
     vec = pos.index_select(0, src) - pos.index_select(0, dst)
+    if shift is not None:
+        vec = vec + shift
     sq = (vec * vec).sum(-1)
     nonzero = sq > 0
     dist = torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq))), torch.zeros_like(sq))
     return vec, dist
 
 
-# CPU batched GEMMs with large matrices and few output columns are faster computed transposed,
-# ``(x^T D^T)^T`` with a copy back.  benchmarks/rotation_products.py (forward+backward, 16,384
-# edges, 2 cores): R = 17, C = 8 took 8.9 ms direct and 6.9 ms transposed (C = 2: 8.0 and 4.2);
-# for R <= 9 the direct product was faster at every C (up to 1.6x), R = 12 was mixed, and at
-# C = 16 the direct product won for every R
-_TRANSPOSED_MIN_ROWS, _TRANSPOSED_MAX_CHANNELS = 13, 8
-
-
-def transposed_product(d: Tensor, x: Tensor) -> Tensor:
-    """``d @ x`` for ``d`` (E, R, R) and ``x`` (E, R, C), computed as ``(x^T d^T)^T``: a
-    non-contiguous (E, R, C) view."""
-    return torch.bmm(x.transpose(1, 2), d.transpose(1, 2)).transpose(1, 2)
-
-
-def _apply_rotation(d: Tensor, x: Tensor) -> Tensor:
-    """``d @ x`` for ``d`` (E, R, R) and ``x`` (E, R, C); the result may be non-contiguous."""
-    rows, channels = x.shape[-2:]
-    if rows >= _TRANSPOSED_MIN_ROWS and channels <= _TRANSPOSED_MAX_CHANNELS and x.device.type == "cpu":
-        return transposed_product(d, x)
-    return d @ x
-
-
-@dataclass
+@dataclass(frozen=True, eq=False)
 class EdgeGeometry:
-    """Edges ``src -> dst`` over ``num_nodes`` packed nodes, with everything layers need.
+    """The frames of an ``EdgeGraph``'s edges, with everything per edge that layers need.
 
-    ``wigner[l]``: ``(E, 2l+1, 2l+1)`` rotations into the edge frame (SO(2) path only).
-    ``sh``: ``(E, (L_f+1)^2)`` edge harmonics (Clebsch-Gordan path only).
+    ``graph``: the edge list; its fields (``dst``, ``src``, ``num_nodes``, ``node_graph``,
+    ``num_graphs``, ``neighbors``, ``chunked``...) are readable here too.
+    ``edge_layout``: the tensor product and the edge-frame layout ``rotate`` produces.
     ``weight``: ``(E,)`` smooth cutoff factor for aggregation and attention.
     ``edge_attr``: ``(E, F)`` invariant edge scalars for the radial networks.
     ``zero_length``: indices of edges whose two nodes coincide (no direction).
-    ``node_graph``: ``(N,)`` graph index of every node, for global (per-graph) layers.
-    ``edge_chunk_size``: if set, layers process edges in chunks of at most this many (whole
-    receivers, see ``receiver_chunks``) and recompute them in the backward pass, bounding
-    activation memory for very large graphs.
-    ``neighbors``: set when the edges are sorted by receiver, exactly this many each (a k-nearest
-    neighbour graph without padding): per-receiver work then runs as dense batched products.
+    ``wigner[l]``: ``(E, 2l+1, 2l+1)`` rotations into the edge frame (SO(2) path only).
+    ``sh``: ``(E, (L_f+1)^2)`` edge harmonics (Clebsch-Gordan path only).
+
+    Immutable; the one thing it fills in as layers use it is its cache of block-diagonal rotation
+    matrices (built from ``wigner`` at their first use, once per forward).  Copies made with
+    ``dataclasses.replace`` start with an empty cache.
     """
 
-    dst: Tensor
-    src: Tensor
-    num_nodes: int
-    node_graph: Tensor
-    num_graphs: int
+    graph: EdgeGraph
+    edge_layout: EdgeLayout
     weight: Tensor
     edge_attr: Tensor
     zero_length: Tensor
     wigner: list[Tensor] | None = None
     sh: Tensor | None = None
-    edge_chunk_size: int | None = None
-    neighbors: int | None = None
-    _blocks: dict = field(default_factory=dict, repr=False)
-    _chunk_cache: dict = field(default_factory=dict, repr=False)
+    _blocks: dict = field(default_factory=dict, init=False, repr=False)
 
     @staticmethod
     def build(
@@ -97,95 +76,79 @@ class EdgeGeometry:
         weight: Tensor,
         edge_attr: Tensor,
         lmax: int,
-        tensor_product: str,
-    ) -> "EdgeGeometry":
-        """``vec``: ``(E, 3)`` edge vectors ``pos[src] - pos[dst]`` (see ``edge_vectors``)."""
-        zero_length = ((vec * vec).sum(-1) == 0).nonzero().flatten()
-        wigner = sh = None
-        if tensor_product == "so2":
-            wigner = wigner_D(lmax, edge_to_axis_rotation(vec))
-        elif tensor_product == "cg":
-            sh = spherical_harmonics(2 * lmax, vec)
-        else:
-            raise ValueError(f"tensor_product must be one of {TENSOR_PRODUCTS}, got {tensor_product!r}")
-        geometry = EdgeGeometry(dst, src, num_nodes, node_graph, num_graphs, weight, edge_attr, zero_length, wigner, sh)
-        geometry.neighbors = uniform_in_degree(dst, num_nodes)
-        return geometry
+        edge_layout: EdgeLayout,
+        edge_chunk_size: int | None = None,
+    ) -> EdgeGeometry:
+        """The graph (``EdgeGraph.build``) and its frames in one call.  ``vec``: ``(E, 3)`` edge
+        vectors ``pos[src] - pos[dst]`` (see ``edge_vectors``)."""
+        graph = EdgeGraph.build(dst, src, num_nodes, node_graph, num_graphs, edge_chunk_size)
+        return EdgeGeometry.on_graph(graph, vec, weight, edge_attr, lmax, edge_layout)
+
+    @staticmethod
+    def on_graph(graph: EdgeGraph, vec: Tensor, weight: Tensor, edge_attr: Tensor, lmax: int, edge_layout: EdgeLayout) -> EdgeGeometry:
+        """The frames of ``graph``'s edges, ``vec`` ``(E, 3)``, for features up to degree ``lmax``:
+        Wigner blocks when ``edge_layout`` works in edge frames, else harmonics up to ``2 lmax``
+        (the filter degrees a Clebsch-Gordan product of two degree-``lmax`` fibers needs)."""
+        zero_length = ((vec * vec).sum(-1) == 0).nonzero().flatten()  # (Z,)
+        if edge_layout.in_edge_frames:
+            return EdgeGeometry(graph, edge_layout, weight, edge_attr, zero_length, wigner=wigner_D(lmax, edge_to_axis_rotation(vec)))
+        return EdgeGeometry(graph, edge_layout, weight, edge_attr, zero_length, sh=spherical_harmonics(2 * lmax, vec))
+
+    # --- the graph's fields, read by layers through the one object they are handed
+    @property
+    def dst(self) -> Tensor:
+        return self.graph.dst
+
+    @property
+    def src(self) -> Tensor:
+        return self.graph.src
+
+    @property
+    def num_nodes(self) -> int:
+        return self.graph.num_nodes
+
+    @property
+    def node_graph(self) -> Tensor:
+        return self.graph.node_graph
+
+    @property
+    def num_graphs(self) -> int:
+        return self.graph.num_graphs
+
+    @property
+    def neighbors(self) -> int | None:
+        return self.graph.neighbors
 
     @property
     def num_edges(self) -> int:
-        return self.dst.numel()
+        return self.graph.num_edges
 
     @property
     def chunked(self) -> bool:
-        return self.edge_chunk_size is not None and self.num_edges > self.edge_chunk_size
+        return self.graph.chunked
 
-    def receiver_chunks(self) -> list[tuple[int, "EdgeGeometry"]]:
-        """The edges split at receiver boundaries into chunks of at most ``edge_chunk_size``
-        edges (a receiver with more is a chunk of its own): per chunk, how many receivers it
-        covers and its receiver-local geometry.
-
-        Chunks cover consecutive receivers ``a..b-1`` (every node, in order, so their receiver
-        counts split any ``(N, ...)`` tensor); in a chunk's geometry they are nodes ``0..b-a-1``
-        (``dst``, ``num_nodes``, ``node_graph``), while ``src`` still indexes all nodes.  Each
-        receiver's edges lie in one chunk, so a chunk computes its receivers' softmax and sums
-        whole, in one pass, as the unchunked layer would.
-        """
-        bounds = self._chunk_bounds()
-        order = bounds.get("order")
-        chunks = []
-        for a, b, start, stop in bounds["cuts"]:
-            edges = slice(start, stop) if order is None else order[start:stop]
-            chunks.append((b - a, self._receiver_subset(a, b, edges)))
-        return chunks
-
-    def _chunk_bounds(self) -> dict:
-        """Receiver ranges and edge ranges of the chunks (in receiver order: ``order`` when
-        ``dst`` is not sorted), computed once per geometry and chunk size (the copies that
-        reversible blocks make share them: they depend on the edge list only)."""
-        size = self.edge_chunk_size or max(self.num_edges, 1)
-        if self._chunk_cache.get("size") == size:
-            return self._chunk_cache
-        self._chunk_cache.clear()
-        dst = self.dst
-        if self.num_edges > 1 and not bool((dst[1:] >= dst[:-1]).all()):
-            self._chunk_cache["order"] = torch.argsort(dst, stable=True)
-            dst = dst[self._chunk_cache["order"]]
-        counts = torch.bincount(dst, minlength=self.num_nodes)
-        starts = [0] + torch.cumsum(counts, 0).tolist()  # edges of receiver i: starts[i]..starts[i+1]
-        cuts, a = [], 0
-        while a < self.num_nodes:
-            # the most whole receivers whose edges fit, and at least one edge (a receiver with
-            # more edges alone); the last chunk takes the receivers without edges at the end
-            b = max(bisect.bisect_right(starts, starts[a] + size) - 1, bisect.bisect_right(starts, starts[a]))
-            b = self.num_nodes if starts[b] == self.num_edges else b
-            cuts.append((a, b, starts[a], starts[b]))
-            a = b
-        self._chunk_cache.update(cuts=cuts, size=size)
-        return self._chunk_cache
-
-    def _receiver_subset(self, a: int, b: int, edges: slice | Tensor) -> "EdgeGeometry":
-        """Receivers ``a..b-1`` with their ``edges`` (a slice, or indices in receiver order)."""
+    def receiver_subset(self, a: int, b: int, edges: slice | Tensor) -> EdgeGeometry:
+        """Receivers ``a..b-1`` with their ``edges`` (a slice, or indices in receiver order): see
+        ``EdgeGraph.receiver_subset``.  Its rotation matrices are built afresh when used (see
+        ``edge_chunks.checkpoint_chunk``), not sliced from this geometry's."""
         if isinstance(edges, slice):
             zero = self.zero_length
             zero = zero[(zero >= edges.start) & (zero < edges.stop)] - edges.start
         else:
             zero = torch.isin(edges, self.zero_length).nonzero().flatten()
-        return replace(
-            self,
-            dst=self.dst[edges] - a,
-            src=self.src[edges],
-            num_nodes=b - a,
-            node_graph=self.node_graph[a:b],
+        return EdgeGeometry(
+            self.graph.receiver_subset(a, b, edges),
+            self.edge_layout,
             weight=self.weight[edges],
             edge_attr=self.edge_attr[edges],
             zero_length=zero,
             wigner=[w[edges] for w in self.wigner] if self.wigner is not None else None,
             sh=self.sh[edges] if self.sh is not None else None,
-            edge_chunk_size=None,  # ``neighbors`` stays: whole receivers of a regular graph are regular
-            _blocks={},  # rotation matrices are rebuilt per chunk run (see ``checkpoint_chunk``)
-            _chunk_cache={},
         )
+
+    def without_cache(self) -> EdgeGeometry:
+        """The same geometry with an empty cache of rotation matrices."""
+        return replace(self)
 
     def _rotation_block(self, start: int, stop: int, row_order: tuple[int, ...] | None = None, scalar_rows: int = 0) -> Tensor:
         """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
@@ -204,23 +167,24 @@ class EdgeGeometry:
             if scalar_rows:  # identity rows as 1 x 1 blocks of ones
                 blocks = [blocks[0].new_ones(edges, 1, 1)] * scalar_rows + list(blocks)
             if row_order is None:
-                cached = block_diagonal(blocks)
+                cached = block_diagonal(blocks)  # (E, R, R)
             else:  # the rows after the identity ones permuted, in the same pass
                 order = (*range(scalar_rows), *(r + scalar_rows for r in row_order))
-                cached = permuted_block_diagonal(blocks, order)
+                cached = permuted_block_diagonal(blocks, order)  # (E, R, R)
             self._blocks[key] = cached
         skip = cached.shape[-1] - rows - scalar_rows
         return cached[:, skip:, skip:] if skip else cached
 
     def rotate(self, x: Tensor, fiber: Fiber, inverse: bool = False) -> Tensor:
-        """Flat features into the edge frame (``inverse``: back to the global frame).
+        """Flat features ``(E, F)`` into the edge frame, in ``edge_layout``'s layout (``inverse``:
+        back to the global frame, degree-major); the identity without frames (Clebsch-Gordan).
 
         Degree 0 is untouched; each run of degrees with equal channel counts is one batched
-        matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.  When
-        all degrees >= 1 share a channel count the rows come out (and go back in) order-major,
-        the layout the SO(2) convolution works in (see ``fiber.edge_order_major``); if moreover
-        ``C_0`` is a multiple of that count, degree 0 rides along as identity rows of the same
-        product, so the whole rotation is one product over the unsplit features.
+        matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.  An
+        order-major fiber is one such run whose rows come out (and go back in) permuted to that
+        layout; if moreover ``C_0`` is a multiple of its channel count, degree 0 rides along as
+        identity rows of the same product, so the whole rotation is one product over the unsplit
+        features (``_folded_rotation``).
         """
         if self.wigner is None or len(fiber) == 1:
             return x
@@ -230,8 +194,8 @@ class EdgeGeometry:
         if d is not None:
             if inverse:
                 d = d.transpose(-1, -2)
-            return _apply_rotation(d, x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
-        if edge_order_major(fiber, "so2"):
+            return apply_rotation(d, x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
+        if self.edge_layout.order_major(fiber):
             groups, row_order = [(1, len(fiber))], lay.row_order
         else:
             groups, row_order = lay.rotation_groups, None
@@ -242,8 +206,8 @@ class EdgeGeometry:
             d = self._rotation_block(start, stop, row_order)  # (E, R, R)
             if inverse:
                 d = d.transpose(-1, -2)
-            parts.append(_apply_rotation(d, block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
-        return torch.cat(parts, dim=-1)
+            parts.append(apply_rotation(d, block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
+        return torch.cat(parts, dim=-1)  # (E, F)
 
     def _folded_rotation(self, fiber: Fiber) -> Tensor | None:
         """``(E, R, R)`` rotation of the whole fiber as one matrix when it is order-major and
@@ -252,7 +216,7 @@ class EdgeGeometry:
         (forward and backward), for ~(R + C_0/C)^2 / R^2 the multiply-adds.  Else None."""
         if self.wigner is None or len(fiber) == 1:
             return None
-        if not (edge_order_major(fiber, "so2") and fiber[0] % fiber[1] == 0):
+        if not (self.edge_layout.order_major(fiber) and fiber[0] % fiber[1] == 0):
             return None
         return self._rotation_block(1, len(fiber), layout(fiber).row_order, fiber[0] // fiber[1])
 
@@ -294,57 +258,17 @@ class EdgeGeometry:
 
     # --- plumbing for reversible blocks, which must hand every differentiable input to autograd
     def float_tensors(self) -> list[Tensor]:
+        """The differentiable per-edge tensors, in the order ``with_float_tensors`` takes them."""
         out = [self.weight, self.edge_attr]
         out += list(self.wigner) if self.wigner is not None else [self.sh]
         return out
 
-    def with_float_tensors(self, tensors: list[Tensor]) -> "EdgeGeometry":
+    def with_float_tensors(self, tensors: list[Tensor]) -> EdgeGeometry:
+        """The same geometry (same graph) over other ``float_tensors``, with an empty cache."""
         weight, edge_attr, *rest = tensors
         if self.wigner is not None:
-            return replace(self, weight=weight, edge_attr=edge_attr, wigner=list(rest), _blocks={})
-        return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0], _blocks={})
+            return replace(self, weight=weight, edge_attr=edge_attr, wigner=list(rest))
+        return replace(self, weight=weight, edge_attr=edge_attr, sh=rest[0])
 
 
-def checkpoint_chunk(fn: Callable[..., Any], chunk: EdgeGeometry, *args: Tensor | None) -> Any:
-    """``fn(chunk, *args)``, its activations recomputed in backward instead of stored.
-
-    Both runs start from an empty cache of rotation matrices: a cache filled by the forward would
-    let the recomputation skip building (and saving) them, which checkpoint refuses.  Under a
-    ``torch.func`` transform (no saved-tensor hooks there) it is a plain call."""
-    if functorch_transform_active():
-        return fn(chunk, *args)
-    return checkpoint(lambda *a: fn(replace(chunk, _blocks={}), *a), *args, use_reentrant=False)
-
-
-def over_receiver_chunks(
-    fn: Callable[..., tuple[Tensor | None, ...]],
-    geometry: EdgeGeometry,
-    sources: tuple[Tensor, ...],
-    receivers: tuple[Tensor | None, ...] = (),
-) -> tuple[Tensor | None, ...]:
-    """``fn(chunk, *sources, *receiver_rows)`` over ``geometry.receiver_chunks()``, each chunk
-    recomputed in backward (``checkpoint_chunk``), outputs concatenated over the chunks.
-
-    ``sources``: node tensors indexed by the chunk's (global) ``src``, passed whole;
-    ``receivers``: ``(N, ...)`` node tensors (or None), passed as the chunk's own rows.  ``fn``
-    returns a tuple of ``(receivers of the chunk, ...)`` tensors (or None): no node-sized tensor
-    is made per chunk in the forward pass.  The backward pass still makes one per chunk and
-    source tensor: the gradient of the rows the chunk gathered (``index_select``'s backward)."""
-    chunks = geometry.receiver_chunks()
-    sizes = [count for count, _ in chunks]
-    rows = [t.split(sizes) if t is not None else [None] * len(sizes) for t in receivers]
-    outs = [checkpoint_chunk(fn, chunk, *sources, *(r[i] for r in rows)) for i, (_, chunk) in enumerate(chunks)]
-    return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
-
-
-def uniform_in_degree(dst: Tensor, num_nodes: int) -> int | None:
-    """``k`` if ``dst`` (sorted) is every node ``0..N-1`` exactly ``k >= 1`` times in order, else None."""
-    edges = dst.numel()
-    if num_nodes == 0 or edges == 0 or edges % num_nodes:
-        return None
-    k = edges // num_nodes
-    receivers = torch.arange(num_nodes, device=dst.device)[:, None]
-    return k if bool((dst.view(num_nodes, k) == receivers).all()) else None
-
-
-__all__ = ["EdgeGeometry", "TENSOR_PRODUCTS", "checkpoint_chunk", "edge_vectors", "over_receiver_chunks", "uniform_in_degree"]
+__all__ = ["EdgeGeometry", "EdgeGraph", "EdgeLayout", "edge_vectors"]

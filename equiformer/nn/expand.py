@@ -23,8 +23,9 @@ class ColumnExpansion(nn.Module):
     def membership(self, rows: int) -> Tensor:
         """``(rows, F)`` 0/1 matrix, 1 where position f belongs to group g (``rows >= G``: the
         extra rows are zero padding)."""
-        matrix = torch.zeros(rows, len(self.group_of))
-        matrix[self.group_of, torch.arange(len(self.group_of))] = 1.0
+        device = self.group_of.device
+        matrix = torch.zeros(rows, len(self.group_of), device=device)
+        matrix[self.group_of, torch.arange(len(self.group_of), device=device)] = 1.0
         return matrix.to(torch.get_default_dtype())
 
     def forward(self, factors: Tensor) -> Tensor:

@@ -26,13 +26,14 @@ class FeedForward(nn.Module):
         include_htype_norms: bool = False,
         zero_init_out: bool = True,
         eps: float = 1e-8,
+        smooth_norm: bool = False,
     ):
         super().__init__()
         self.fiber = tuple(fiber)
         hidden = tuple(c * mult for c in fiber)
         self.include_htype_norms, self.eps = include_htype_norms, eps
         fiber_in = (fiber[0] + sum(fiber[1:]), *fiber[1:]) if include_htype_norms else self.fiber
-        self.norm = EquivariantLayerNorm(fiber)
+        self.norm = EquivariantLayerNorm(fiber, smooth=smooth_norm)
         self.project_in = EquivariantLinear(fiber_in, gated_fiber(hidden))
         self.gate = Gate(hidden)
         self.project_out = EquivariantLinear(hidden, fiber_out or fiber, zero_init=zero_init_out)

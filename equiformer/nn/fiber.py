@@ -5,6 +5,7 @@ layers as one flat tensor ``(N, F)``, degree-major: degree ``l`` occupies a bloc
 ``(2l + 1) * C_l`` numbers, components ``m = -l..l`` outer, channels inner, so
 ``x[:, block].view(N, 2l + 1, C_l)`` is a free view.  ``FiberLayout`` precomputes the index maps
 that let layers act on all degrees with a handful of tensor ops instead of Python loops.
+Features on edges may be kept in another order of the same numbers; ``edge_layout`` decides which.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ class FiberLayout:
             for _ in range(2 * l + 1):
                 channel.extend(range(self.channel_offsets[l], self.channel_offsets[l] + c))
                 degree.extend([l] * c)
-        self.channel_index = torch.tensor(channel)  # (F,) flat position -> (degree, channel) slot
-        self.degree_index = torch.tensor(degree)  # (F,) flat position -> degree
+        self.channel_index = torch.tensor(channel, device="cpu")  # (F,) flat position -> (degree, channel) slot
+        self.degree_index = torch.tensor(degree, device="cpu")  # (F,) flat position -> degree
         # runs of consecutive degrees >= 1 with equal channel counts: rotated with one bmm each
         self.rotation_groups: list[tuple[int, int]] = []
         for l in range(1, len(fiber)):
@@ -58,19 +59,18 @@ class FiberLayout:
                 self.rotation_groups.append((l, l + 1))
 
         self.block_sizes = [(2 * l + 1) * c for l, c in enumerate(fiber)]
-        # order-major layout (used in the edge frame of the SO(2) path when every degree >= 1 has
-        # the same channel count): [m=0: all degrees | m=+1: l>=1 | m=-1: l>=1 | m=+2: l>=2 | ...]
-        self.uniform_tail = len(set(fiber[1:])) <= 1
+        # the order-major permutation: [m=0: all degrees | m=+1: l>=1 | m=-1: l>=1 | m=+2: l>=2 | ...]
+        # (whether edge features use it is ``EdgeLayout``'s decision, see ``edge_layout``)
         order = []
         for m in range(len(fiber)):
             for sign in (1, -1) if m else (1,):
                 for l in range(m, len(fiber)):
                     start = self.offsets[l] + (l + sign * m) * fiber[l]
                     order.extend(range(start, start + fiber[l]))
-        self.order_index = torch.tensor(order)  # (F,) order-major slot -> degree-major position
+        self.order_index = torch.tensor(order, device="cpu")  # (F,) order-major slot -> degree-major position
         self.order_inverse = torch.argsort(self.order_index)  # degree-major position -> slot
         # the same permutation on the rows (l, m), l >= 1, of the rotation group (plain ints: it
-        # only names the rows of a rotation matrix, see ``EdgeGeometry._rotation_block``)
+        # only names the rows of a rotation matrix, see ``EdgeGeometry.rotate``)
         rows = [(l, m) for l in range(1, len(fiber)) for m in range(-l, l + 1)]
         order_rows = [(l, s * m) for m in range(len(fiber)) for s in ((1, -1) if m else (1,)) for l in range(max(m, 1), len(fiber))]
         self.row_order = tuple(rows.index(r) for r in order_rows)
@@ -98,19 +98,6 @@ def layout(fiber: Fiber) -> FiberLayout:
     return _LAYOUTS[fiber]
 
 
-def edge_order_major(fiber: Fiber, tensor_product: str) -> bool:
-    """Whether edge-frame features of ``fiber`` are kept order-major (SO(2) path, equal channel
-    counts for l >= 1): the rotation then emits exactly the blocks the per-order GEMMs consume,
-    and no gathers are needed around the convolution."""
-    return tensor_product == "so2" and layout(tuple(fiber)).uniform_tail
-
-
-def edge_positions(fiber: Fiber, order_major: bool) -> Tensor:
-    """Degree-major position of every position of the edge-frame layout."""
-    lay = layout(tuple(fiber))
-    return lay.order_index if order_major else torch.arange(lay.size)
-
-
 def gated_fiber(fiber: Fiber) -> Fiber:
     """The fiber a ``Gate`` takes to produce ``fiber``: one extra scalar per l > 0 channel."""
     return (fiber[0] + sum(fiber[1:]), *fiber[1:])
@@ -118,6 +105,6 @@ def gated_fiber(fiber: Fiber) -> Fiber:
 
 def parameters_of(plist: nn.ParameterList) -> list[nn.Parameter]:
     """The parameters of a ``ParameterList`` as a plain list.  Indexing or slicing the list
-    itself goes through ``Module`` attribute machinery (tens of microseconds per call), which
-    adds up on hot paths called thousands of times per step."""
+    itself goes through ``Module`` attribute machinery, whose per-call cost adds up on hot paths
+    called thousands of times per step."""
     return list(plist._parameters.values())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .edge_chunks import over_receiver_chunks
 from .edge_convolution import EdgeConvolution
-from .edge_geometry import EdgeGeometry, over_receiver_chunks
+from .edge_geometry import EdgeGeometry
+from .edge_layout import EdgeLayout
 from .fiber import Fiber
 from .linear import EquivariantLinear
 from .scatter import segment_sum
@@ -15,27 +17,22 @@ from .scatter import segment_sum
 class InputEmbedding(nn.Module):
     """``x -> W x + sum_j w_ij conv(x_j) / (1 + sum_j w_ij)``: self-interaction for the degrees the
     input has, plus an edge convolution to every hidden degree, averaged with the smooth cutoff
-    weights (the +1 keeps the average continuous as neighbours enter and leave)."""
+    weights (the +1 keeps the average continuous as neighbours enter and leave).  ``edge_layout``:
+    the model's tensor product, which the geometry's frames were built for."""
 
-    def __init__(
-        self,
-        fiber_in: Fiber,
-        fiber: Fiber,
-        edge_attr_dim: int,
-        tensor_product: str = "so2",
-        reflection: bool = False,
-    ):
+    def __init__(self, fiber_in: Fiber, fiber: Fiber, edge_attr_dim: int, edge_layout: EdgeLayout):
         super().__init__()
         self.fiber_in, self.fiber = tuple(fiber_in), tuple(fiber)
         self.self_in = EquivariantLinear(self.fiber_in, self.fiber[: len(self.fiber_in)])
         self.radial = nn.Linear(edge_attr_dim, sum(fiber_in))  # head on the shared radial trunk
-        self.conv = EdgeConvolution(fiber_in, fiber, tensor_product, reflection)
+        self.edge_layout = edge_layout
+        self.conv = EdgeConvolution(fiber_in, fiber, edge_layout)
 
     def _summed_messages(self, geometry: EdgeGeometry, x: Tensor) -> tuple[Tensor]:
         """``sum_j w_ij conv(x_j)`` per receiver: ((N, F),)."""
         weight = geometry.weight  # (E,) smooth cutoff, folded into the per-input radial factors
-        messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)
-        messages = self.conv(messages, geometry, self.radial(geometry.edge_attr) * weight[:, None])
+        messages = geometry.rotate(x.index_select(0, geometry.src), self.fiber_in)  # (E, F_in), edge layout
+        messages = self.conv(messages, geometry, self.radial(geometry.edge_attr) * weight[:, None])  # (E, F)
         messages = geometry.rotate(messages, self.fiber, inverse=True)  # (E, F)
         return (segment_sum(messages, geometry.dst, geometry.num_nodes),)
 

@@ -34,10 +34,11 @@ class EquivariantLinear(nn.Module):
         if len(fiber_in) != len(fiber_out):
             raise ValueError(f"fibers must have the same degrees, got {fiber_in} -> {fiber_out}")
         self.fiber_in, self.fiber_out = tuple(fiber_in), tuple(fiber_out)
+        device = torch.get_default_device()  # parameters: where nn.Linear would put them
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(ci, co) / math.sqrt(ci)) for ci, co in zip(fiber_in, fiber_out)
+            nn.Parameter(torch.randn(ci, co, device=device) / math.sqrt(ci)) for ci, co in zip(fiber_in, fiber_out)
         )
-        self.bias = nn.Parameter(torch.zeros(fiber_out[0])) if bias else None
+        self.bias = nn.Parameter(torch.zeros(fiber_out[0], device=device)) if bias else None
         if zero_init:
             for w in self.weights:
                 nn.init.zeros_(w)
@@ -59,7 +60,7 @@ def stacking_order(fibers_out: list[Fiber]) -> Tensor:
             for m in range(2 * l + 1):
                 base = offsets[l] + m * stacked[l] + start
                 order.extend(range(base, base + c))
-    return torch.tensor(order)
+    return torch.tensor(order, device="cpu")  # callers move it once to where it is used
 
 
 def linear_many(linears: list[EquivariantLinear], x: Tensor, order: Tensor | None = None) -> list[Tensor]:

@@ -14,22 +14,27 @@ class EquivariantLayerNorm(ExactConstants):
     components and channels (no centring: a mean vector is not rotation-invariant), then a learnt
     per-channel scale.  ``eps`` keeps all-zero features (isolated nodes) finite.
 
-    Known limitation (README, Conventions): features far below ``sqrt(eps)`` are scaled up to
-    ``1/sqrt(eps)`` = 1,000x per norm, which undoes the cutoff envelope's fade for nodes whose
-    only directional input comes from neighbours at the edge of ``valid_radius``."""
+    With the default ``eps`` features far below ``sqrt(eps)`` are scaled up to ``1/sqrt(eps)``,
+    which undoes the cutoff envelope's fade for nodes whose only directional input comes from
+    neighbours at the edge of ``valid_radius``.  ``smooth``: degree l > 0 is divided by
+    ``sqrt(mean square + 1)`` instead, a gain of at most 1 with a bounded derivative, so nothing
+    small is ever amplified (large features are still normalised)."""
 
-    def __init__(self, fiber: Fiber, eps: float = 1e-6):
+    def __init__(self, fiber: Fiber, eps: float = 1e-6, smooth: bool = False):
         super().__init__()
         self.fiber, self.eps = tuple(fiber), eps
-        self.scalar_weight = nn.Parameter(torch.ones(fiber[0]))
-        self.scalar_bias = nn.Parameter(torch.zeros(fiber[0]))
-        self.scales = nn.Parameter(torch.ones(sum(fiber[1:])))  # one per l > 0 channel
+        self.vector_eps = 1.0 if smooth else eps  # added to the l > 0 mean squares
+        device = torch.get_default_device()  # parameters: where nn.LayerNorm would put them
+        self.scalar_weight = nn.Parameter(torch.ones(fiber[0], device=device))
+        self.scalar_bias = nn.Parameter(torch.zeros(fiber[0], device=device))
+        self.scales = nn.Parameter(torch.ones(sum(fiber[1:]), device=device))  # one per l > 0 channel
         lay = layout(self.fiber)
         c0 = fiber[0]
         degree = lay.degree_index[c0:] - 1  # (F - C0,) degree - 1 of every higher position
-        counts = torch.tensor([(2 * l + 1) * c for l, c in enumerate(fiber)][1:], dtype=torch.float64)
-        mean = torch.zeros(lay.size - c0, max(len(fiber) - 1, 1), dtype=torch.float64)
-        mean[torch.arange(lay.size - c0), degree] = 1.0 / counts[degree]
+        where = degree.device  # constants: beside the layout's index tensors (on the CPU)
+        counts = torch.tensor([(2 * l + 1) * c for l, c in enumerate(fiber)][1:], dtype=torch.float64, device=where)
+        mean = torch.zeros(lay.size - c0, max(len(fiber) - 1, 1), dtype=torch.float64, device=where)
+        mean[torch.arange(lay.size - c0, device=where), degree] = 1.0 / counts[degree]
         self.register_constant("mean_matrix", mean)
         self.register_buffer("degree_of", degree, persistent=False)
         self.register_buffer("scale_of", lay.channel_index[c0:] - c0, persistent=False)
@@ -46,6 +51,6 @@ class EquivariantLayerNorm(ExactConstants):
         with torch.autocast(x.device.type, enabled=False):
             r = rest.to(work)
             mean_sq = (r * r) @ self.mean_matrix.to(work)  # (N, L) per-degree mean square
-            factor = torch.rsqrt(mean_sq + self.eps).index_select(1, self.degree_of)
+            factor = torch.rsqrt(mean_sq + self.vector_eps).index_select(1, self.degree_of)
             rest = r * factor * self.scales.to(work).index_select(0, self.scale_of)
         return torch.cat([scalars.to(x.dtype), rest.to(x.dtype)], dim=-1)

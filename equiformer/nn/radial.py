@@ -14,7 +14,7 @@ class GaussianBasis(ExactConstants):
         super().__init__()
         if num_basis < 2 or not max_distance > 0:
             raise ValueError(f"need num_basis >= 2 and max_distance > 0, got {num_basis}, {max_distance}")
-        self.register_constant("centers", torch.linspace(0.0, max_distance, num_basis, dtype=torch.float64))
+        self.register_constant("centers", torch.linspace(0.0, max_distance, num_basis, dtype=torch.float64, device="cpu"))
         self.width = max_distance / (num_basis - 1)
 
     def forward(self, dist: Tensor) -> Tensor:

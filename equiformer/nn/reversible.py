@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .edge_geometry import EdgeGeometry
-from .transforms import functorch_transform_active
+from ..transforms import functorch_transform_active
 
 
 class _Runner:

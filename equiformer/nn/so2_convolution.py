@@ -20,24 +20,27 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .fiber import Fiber, edge_order_major, edge_positions, layout, parameters_of
+from .edge_layout import EdgeLayout
+from .fiber import Fiber, layout, parameters_of
 
 
-def _order_layout(fiber: Fiber, mmax: int) -> tuple[list[int], list[int]]:
-    """Gather index from degree-major flat features to the order-major layout (orders up to
-    ``mmax``; see ``FiberLayout.order_index``), and block widths: ``sizes[m]`` is the width of one
-    ``+-m`` block, ``sum_{l >= m} C_l``.
+def _order_layout(fiber: Fiber, mmax: int, edge_layout: EdgeLayout) -> tuple[list[int], list[int]]:
+    """For the order-major blocks of orders up to ``mmax`` (see ``FiberLayout.order_index``): the
+    edge-layout slot each position comes from, and block widths: ``sizes[m]`` is the width of one
+    ``+-m`` block, ``sum_{l >= m} C_l``.  When the edge layout is order-major itself, the slots
+    are ``0, 1, ...``: the blocks are a prefix of the features and need no gather.
     """
     sizes = [sum(fiber[m:]) for m in range(mmax + 1)]
     used = sizes[0] + 2 * sum(sizes[1:])  # m = 0 once, every m > 0 as +m and -m
-    return layout(fiber).order_index[:used].tolist(), sizes
+    order = layout(fiber).order_index[:used]  # (used,) degree-major positions
+    return edge_layout.slots(fiber)[order].tolist(), sizes
 
 
 class SO2Convolution(nn.Module):
     """Equivariant linear map of edge-frame features, flat ``fiber_in -> fiber_out``.
 
     ``forward(x, scale, zero_length)``: ``x`` is ``(E, F_in)`` in the edge frame (in the layout
-    ``EdgeGeometry.rotate`` produces: order-major when ``fiber.edge_order_major``), ``scale`` an
+    ``EdgeGeometry.rotate`` produces, ``EdgeLayout.for_tensor_product("so2")``), ``scale`` an
     optional ``(E, sum_l C_in_l)`` factor for every input (degree, channel), e.g. from a radial
     network.  Rows listed in ``zero_length`` (edges without a direction) get the rotation average
     of the map, which is what the Clebsch-Gordan path computes there.
@@ -51,8 +54,12 @@ class SO2Convolution(nn.Module):
         self.fiber_in, self.fiber_out, self.reflection = tuple(fiber_in), tuple(fiber_out), reflection
         self.mmax = min(len(fiber_in), len(fiber_out)) - 1
         lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
-        in_index, self.in_sizes = _order_layout(self.fiber_in, self.mmax)
-        out_index, self.out_sizes = _order_layout(self.fiber_out, self.mmax)
+        edge_layout = EdgeLayout.for_tensor_product("so2", reflection)  # the layout rotations produce
+        # the edge-layout slots of the order-major blocks (order-major layouts: no gathers needed)
+        in_slots, self.in_sizes = _order_layout(self.fiber_in, self.mmax, edge_layout)
+        out_slots, self.out_sizes = _order_layout(self.fiber_out, self.mmax, edge_layout)
+        self.in_order_major = edge_layout.order_major(self.fiber_in)
+        self.out_order_major = edge_layout.order_major(self.fiber_out)
 
         self.weight_real = nn.ParameterList()  # W1: +m -> +m and -m -> -m
         self.weight_imag = nn.ParameterList()  # W2: +m -> -m, and -W2: -m -> +m
@@ -60,9 +67,9 @@ class SO2Convolution(nn.Module):
             k_in, k_out = self.in_sizes[m], self.out_sizes[m]
             paths = 1 if (m == 0 or reflection) else 2
             std = 1.0 / math.sqrt(k_in * paths)
-            self.weight_real.append(nn.Parameter(torch.randn(k_in, k_out) * std))
+            self.weight_real.append(nn.Parameter(torch.randn(k_in, k_out, device=torch.get_default_device()) * std))
             if m > 0 and not reflection:
-                self.weight_imag.append(nn.Parameter(torch.randn(k_in, k_out) * std))
+                self.weight_imag.append(nn.Parameter(torch.randn(k_in, k_out, device=torch.get_default_device()) * std))
 
         exact = sum(
             k_i * k_o * (1 if m == 0 else 2 * (1 if reflection else 2))
@@ -72,38 +79,34 @@ class SO2Convolution(nn.Module):
         # gathers only while it does less than ~2.7x the exact flops
         self.dense = dense if dense is not None else lay_in.size * lay_out.size <= 2.7 * exact
 
-        # edge-frame layouts: order-major (no gathers needed) or degree-major (gather to order)
-        self.in_order_major = edge_order_major(self.fiber_in, "so2")
-        self.out_order_major = edge_order_major(self.fiber_out, "so2")
-        in_pos = torch.arange(len(in_index)) if self.in_order_major else torch.tensor(in_index)
-        out_pos = torch.arange(len(out_index)) if self.out_order_major else torch.tensor(out_index)
-        in_edge = edge_positions(self.fiber_in, self.in_order_major)
-        out_edge = edge_positions(self.fiber_out, self.out_order_major)
-        self.register_buffer("in_index", torch.tensor(in_index), persistent=False)
-        self.register_buffer("scale_index", lay_in.channel_index[in_edge], persistent=False)
-        # inverse of the output layout; components of order > mmax point at an extra zero column
-        inverse = torch.full((lay_out.size,), len(out_index), dtype=torch.long)
-        inverse[torch.tensor(out_index)] = torch.arange(len(out_index))
+        # index buffers, all derived from the edge layout: the gather of the input's order blocks
+        # (unused when order-major), the (degree, channel) of every input slot for the scale
+        self.register_buffer("in_index", torch.tensor(in_slots, device="cpu"), persistent=False)
+        self.register_buffer("scale_index", lay_in.channel_index[edge_layout.positions(self.fiber_in)], persistent=False)
+        # per-order outputs -> output slots; components of order > mmax point at an extra zero column
+        inverse = torch.full((lay_out.size,), len(out_slots), dtype=torch.long, device="cpu")
+        inverse[torch.tensor(out_slots, device="cpu")] = torch.arange(len(out_slots), device="cpu")
         self.register_buffer("out_inverse", inverse, persistent=False)
         # edge layout <-> degree-major, for the few rows handled without a frame
-        self.register_buffer("in_to_degree", lay_in.order_inverse if self.in_order_major else torch.arange(lay_in.size), persistent=False)
-        self.register_buffer("degree_to_out", out_edge, persistent=False)
-        self.register_buffer("dense_target", self._dense_targets(in_pos.tolist(), out_pos.tolist(), lay_out.size), persistent=False)
+        self.register_buffer("in_to_degree", edge_layout.slots(self.fiber_in), persistent=False)
+        self.register_buffer("degree_to_out", edge_layout.positions(self.fiber_out), persistent=False)
+        self.register_buffer("dense_target", self._dense_targets(in_slots, out_slots, lay_out.size), persistent=False)
 
-    def _dense_targets(self, in_index: list[int], out_index: list[int], f_out: int) -> Tensor:
-        """Flat position in the dense ``(F_in, F_out)`` matrix of every entry of ``_values()``."""
+    def _dense_targets(self, in_slots: list[int], out_slots: list[int], f_out: int) -> Tensor:
+        """Flat position in the dense ``(F_in, F_out)`` matrix (on edge-layout slots) of every
+        entry of ``_values()``."""
         targets = []
         start_in = start_out = 0
         for m in range(self.mmax + 1):
             ki, ko = self.in_sizes[m], self.out_sizes[m]
-            rows = torch.tensor(in_index[start_in : start_in + ki])
-            cols = torch.tensor(out_index[start_out : start_out + ko])
+            rows = torch.tensor(in_slots[start_in : start_in + ki], device="cpu")
+            cols = torch.tensor(out_slots[start_out : start_out + ko], device="cpu")
             if m == 0:
                 targets.append((rows[:, None] * f_out + cols[None, :]).flatten())
                 start_in, start_out = ki, ko
                 continue
-            rows_m = torch.tensor(in_index[start_in + ki : start_in + 2 * ki])
-            cols_m = torch.tensor(out_index[start_out + ko : start_out + 2 * ko])
+            rows_m = torch.tensor(in_slots[start_in + ki : start_in + 2 * ki], device="cpu")
+            cols_m = torch.tensor(out_slots[start_out + ko : start_out + 2 * ko], device="cpu")
             start_in, start_out = start_in + 2 * ki, start_out + 2 * ko
             targets.append((rows[:, None] * f_out + cols[None, :]).flatten())  # W1: + -> +
             targets.append((rows_m[:, None] * f_out + cols_m[None, :]).flatten())  # W1: - -> -
@@ -124,7 +127,7 @@ class SO2Convolution(nn.Module):
         return torch.cat(values)
 
     def dense_weight(self) -> Tensor:
-        """The whole map as one ``(F_in, F_out)`` matrix on degree-major flat features."""
+        """The whole map as one ``(F_in, F_out)`` matrix on edge-layout flat features."""
         f_in, f_out = layout(self.fiber_in).size, layout(self.fiber_out).size
         values = self._values()
         dense = values.new_zeros(f_in * f_out).index_put((self.dense_target,), values)

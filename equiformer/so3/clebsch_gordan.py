@@ -88,7 +88,7 @@ def _build_real_cg(l1: int, l2: int, l3: int) -> Tensor:
         [[(k - l, z) for k, z in enumerate(row) if z] for row in u]
         for l, u in ((l1, u1), (l2, u2), (l3, u3))
     ]
-    out = torch.zeros(2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1, dtype=torch.float64)
+    out = torch.zeros(2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1, dtype=torch.float64, device="cpu")  # the cached master
     for a, row_a in enumerate(sparse[0]):
         for b, row_b in enumerate(sparse[1]):
             for c, row_c in enumerate(sparse[2]):

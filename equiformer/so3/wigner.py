@@ -95,10 +95,10 @@ def _permuted_index(sizes: tuple[int, ...], row_order: tuple[int, ...], device: 
     if key not in _GATHER_INDEX:
         with outside_transforms():
             entries = sum(n * n for n in sizes)
-            index = torch.full((sum(sizes), sum(sizes)), entries, dtype=torch.long)  # the 0 entry
+            index = torch.full((sum(sizes), sum(sizes)), entries, dtype=torch.long, device="cpu")  # the 0 entry
             first = column = 0
             for n in sizes:
-                index[first : first + n, first : first + n] = column + torch.arange(n * n).view(n, n)
+                index[first : first + n, first : first + n] = column + torch.arange(n * n, device="cpu").view(n, n)
                 first, column = first + n, column + n * n
             _GATHER_INDEX[key] = index[list(row_order)].flatten().to(device)
     return _GATHER_INDEX[key]

@@ -85,7 +85,7 @@ class BatchOrder:
             raise ValueError("BatchOrder needs at least one chain")
         self.num_chains = num_chains
         self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.zeros(0, dtype=torch.long)
+        self.order = torch.zeros(0, dtype=torch.long, device="cpu")  # data order: on the CPU
         self.cursor = 0
         self.epoch = 0
 
@@ -94,13 +94,13 @@ class BatchOrder:
         picks: list[int] = []
         while len(picks) < count:
             if self.cursor == len(self.order):
-                self.order = torch.randperm(self.num_chains, generator=self.generator)
+                self.order = torch.randperm(self.num_chains, generator=self.generator, device="cpu")
                 self.cursor = 0
                 self.epoch += 1
             take = min(count - len(picks), len(self.order) - self.cursor)
             picks.extend(self.order[self.cursor : self.cursor + take].tolist())
             self.cursor += take
-        seeds = torch.randint(0, _SEED_RANGE, (count,), generator=self.generator).tolist()
+        seeds = torch.randint(0, _SEED_RANGE, (count,), generator=self.generator, device="cpu").tolist()
         return list(zip(picks, seeds))
 
     def state_dict(self) -> dict:
@@ -122,7 +122,7 @@ class BatchOrder:
         # an order is empty (before the first batch) or a permutation of the chains
         valid_order = isinstance(order, torch.Tensor) and (
             order.numel() == 0
-            or torch.equal(order.sort().values, torch.arange(self.num_chains))
+            or torch.equal(order.sort().values, torch.arange(self.num_chains, device=order.device))
         )
         if not valid_order:
             raise SetupError(
@@ -182,7 +182,8 @@ def make_batch(
         generator = torch.Generator().manual_seed(seed)
         piece = crop(chain, crop_window(len(chain), crop_residues, generator, chain.atom_mask.any(1)))
         cropped.append(piece)
-        noises.append(noise * torch.randn(ATOMS_PER_RESIDUE * len(piece), 3, generator=generator, dtype=dtype))
+        noises.append(noise * torch.randn(ATOMS_PER_RESIDUE * len(piece), 3, generator=generator, dtype=dtype,
+                                          device="cpu"))
     batch = collate(cropped, crop_residues)
     truth = batch.coords.to(dtype)
     displacement = torch.zeros_like(truth)

@@ -42,7 +42,7 @@ def build_validation_set(
 ) -> list[NoisyBatch]:
     """Fixed crops and noise for ``chains``, drawn from ``config.seed``, in chunks."""
     generator = torch.Generator().manual_seed(config.seed ^ _VAL_SEED_SALT)
-    seeds = torch.randint(0, 2**62, (len(chains),), generator=generator).tolist()
+    seeds = torch.randint(0, 2**62, (len(chains),), generator=generator, device="cpu").tolist()
     return [
         make_batch(chains[i : i + VAL_CHUNK], seeds[i : i + VAL_CHUNK], config.crop, config.noise,
                    dtype)

@@ -75,7 +75,7 @@ def main() -> None:
         with torch.no_grad():
             out = model(inputs["feats"] if len(inputs["feats"]) > 1 else inputs["feats"][0], inputs["coors"],
                         inputs["mask"], adj_mat=inputs.get("adj_mat"), edges=inputs.get("edges"))
-        record = dict(config=model.config, state_dict=model.state_dict(), inputs=inputs,
+        record = dict(config=model.config.to_dict(), state_dict=model.state_dict(), inputs=inputs,
                       outputs={l: t for l, t in out.degrees.items()})
         torch.save(record, out_dir / f"{name}.pt")
         print(name, sum(t.numel() for t in model.state_dict().values()), "parameters")

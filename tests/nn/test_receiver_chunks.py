@@ -1,11 +1,13 @@
-"""Edge chunks of whole receivers (``EdgeGeometry.receiver_chunks``): they partition the edges
+"""Edge chunks of whole receivers (``edge_chunks.receiver_chunks``): they partition the edges
 and the receivers in order, respect the size bound, and a layer run chunk by chunk gives the
 unchunked outputs and gradients, also when the edges are not stored receiver by receiver."""
 import pytest
 import torch
 
 from equiformer.nn import L2DistanceAttention, MLPAttention, layout
+from equiformer.nn.edge_chunks import receiver_chunks
 from equiformer.nn.edge_geometry import EdgeGeometry
+from equiformer.nn.edge_layout import EdgeLayout
 
 N = 15
 FIBER, HEADS, DIM_HEAD = (8, 4, 4), (2, 1, 1), (4, 4, 4)
@@ -29,9 +31,9 @@ def _geometry(shuffle: bool, chunk: int | None, seed: int = 0) -> EdgeGeometry:
         dst, src, vec, weight, edge_attr = dst[order], src[order], vec[order], weight[order], edge_attr[order]
     geometry = EdgeGeometry.build(
         vec, dst, src, num_nodes=N, node_graph=torch.zeros(N, dtype=torch.long), num_graphs=1,
-        weight=weight, edge_attr=edge_attr, lmax=len(FIBER) - 1, tensor_product="so2",
+        weight=weight, edge_attr=edge_attr, lmax=len(FIBER) - 1, edge_layout=EdgeLayout.for_tensor_product("so2"),
+        edge_chunk_size=chunk,
     )
-    geometry.edge_chunk_size = chunk
     return geometry
 
 
@@ -39,7 +41,7 @@ def _geometry(shuffle: bool, chunk: int | None, seed: int = 0) -> EdgeGeometry:
 @pytest.mark.parametrize("size", [1, 7, 20])
 def test_receiver_chunks_partition_edges_and_receivers(shuffle, size):
     geometry = _geometry(shuffle, size)
-    chunks = geometry.receiver_chunks()
+    chunks = receiver_chunks(geometry)
     assert sum(count for count, _ in chunks) == N
     assert len(chunks) > 1
     is_zero = torch.zeros(geometry.num_edges, dtype=torch.bool)
@@ -67,10 +69,8 @@ def test_receiver_chunks_partition_edges_and_receivers(shuffle, size):
 
 
 def test_chunk_bounds_follow_the_chunk_size():
-    geometry = _geometry(False, 7)
-    few = geometry.receiver_chunks()
-    geometry.edge_chunk_size = 1
-    many = geometry.receiver_chunks()
+    few = receiver_chunks(_geometry(False, 7))
+    many = receiver_chunks(_geometry(False, 1))
     assert len(many) > len(few)
     assert all(chunk.num_edges <= 7 or chunk.dst.unique().numel() == 1 for _, chunk in few)
     assert all(chunk.dst.unique().numel() == 1 for _, chunk in many)  # one receiver each
@@ -82,7 +82,7 @@ def _layer(kind: str, attend_self: bool) -> torch.nn.Module:
     layer = klass(
         FIBER, HEADS, DIM_HEAD, edge_attr_dim=3, attend_self=attend_self, single_headed_kv=False,
         gate_attn_head_outputs=True, num_linear_attn_heads=0, linear_attn_dim_head=8,
-        tensor_product="so2", reflection=False, init_out_zero=False,
+        edge_layout=EdgeLayout.for_tensor_product("so2"), init_out_zero=False,
     ).double()
     for p in layer.parameters():  # no zero-initialised part: every path reaches the output
         torch.nn.init.normal_(p, std=0.3)

@@ -4,7 +4,7 @@ import torch
 
 from equiformer.nn import CGConvolution, SO2Convolution, layout, so2_from_cg
 from equiformer.nn.edge_geometry import EdgeGeometry
-from equiformer.nn.fiber import edge_order_major, edge_positions
+from equiformer.nn.edge_layout import EdgeLayout
 from equiformer.so3 import edge_to_axis_rotation, spherical_harmonics, wigner_D
 from equiformer.testing import random_rotation
 
@@ -28,13 +28,16 @@ def _rotate(x, fiber, d, inverse=False):
     return layout(fiber).merge(parts)
 
 
+SO2 = EdgeLayout.for_tensor_product("so2")
+
+
 def _to_edge_layout(x, fiber):
     """Degree-major -> the layout the SO(2) convolution works in."""
-    return x.index_select(1, edge_positions(fiber, edge_order_major(fiber, "so2")))
+    return x.index_select(1, SO2.positions(fiber))
 
 
 def _from_edge_layout(x, fiber):
-    return x.index_select(1, torch.argsort(edge_positions(fiber, edge_order_major(fiber, "so2"))))
+    return x.index_select(1, SO2.slots(fiber))
 
 
 @pytest.mark.parametrize("dense", [False, True])
@@ -92,7 +95,7 @@ def _geometry(vec, lmax):
     return EdgeGeometry.build(
         vec, idx, idx, num_nodes=n, node_graph=torch.zeros(n, dtype=torch.long), num_graphs=1,
         weight=torch.ones(n, dtype=torch.float64), edge_attr=torch.zeros(n, 1, dtype=torch.float64),
-        lmax=lmax, tensor_product="so2",
+        lmax=lmax, edge_layout=SO2,
     )
 
 

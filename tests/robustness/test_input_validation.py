@@ -1,9 +1,8 @@
-"""Bad inputs and bad constructor arguments fail loudly, with the exception type the kind of
+"""Bad forward inputs fail loudly, with the exception type the kind of
 mistake calls for (TypeError: types and dtypes; ValueError: shapes, values, devices) and a message
 that names the argument and says what was expected and what was received."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -227,107 +226,7 @@ def test_non_finite_coordinates_of_padding_are_allowed():
     assert torch.isfinite(out.type0).all() and torch.isfinite(out.type1).all()
 
 
-# ---------------------------------------------------------------------------------- constructor
-BASE = dict(dim=4, num_degrees=2, depth=1, heads=1, dim_head=2)
-
-# id: (overrides, exception type, strings the message must contain)
-CONSTRUCTOR_CASES = {
-    "num_edge_tokens_without_edge_dim": (dict(num_edge_tokens=4), ValueError, ["num_edge_tokens=4", "edge_dim"]),
-    "num_edge_tokens_edge_dim_zero": (dict(num_edge_tokens=4, edge_dim=0), ValueError, ["num_edge_tokens", "edge_dim=0"]),
-    "heads_wrong_length": (dict(heads=(1, 1, 1)), ValueError, ["heads", "num_degrees=2", "(1, 1, 1)"]),
-    "dim_head_wrong_length": (dict(dim_head=(2,)), ValueError, ["dim_head", "2", "(2,)"]),
-    "dim_wrong_length": (dict(dim=(4, 4, 4)), ValueError, ["dim", "one value per degree"]),
-    "dim_zero": (dict(dim=(4, 0)), ValueError, ["dim", ">= 1", "(4, 0)"]),
-    "dim_negative": (dict(dim=-3), ValueError, ["dim", "-3"]),
-    "dim_float": (dict(dim=4.0), TypeError, ["dim", "4.0"]),
-    "heads_zero": (dict(heads=0), ValueError, ["heads", ">= 1"]),
-    "dim_head_not_numbers": (dict(dim_head="2"), TypeError, ["dim_head", "'2'"]),
-    "num_neighbors_zero_without_sparse": (dict(num_neighbors=0), ValueError, ["num_neighbors=0", "attend_sparse_neighbors"]),
-    "no_neighbours_of_any_kind": (
-        dict(num_neighbors=0, attend_sparse_neighbors=True, max_sparse_neighbors=0), ValueError,
-        ["num_neighbors=0", "max_sparse_neighbors=0"],
-    ),
-    "num_neighbors_negative": (dict(num_neighbors=-1), ValueError, ["num_neighbors", "-1"]),
-    "num_neighbors_fractional": (dict(num_neighbors=2.5), TypeError, ["num_neighbors", "2.5"]),
-    "max_sparse_neighbors_negative": (dict(max_sparse_neighbors=-2), ValueError, ["max_sparse_neighbors", "-2"]),
-    "input_degrees_above_num_degrees": (dict(input_degrees=3), ValueError, ["input_degrees", "num_degrees (2)", "3"]),
-    "input_degrees_zero": (dict(input_degrees=0), ValueError, ["input_degrees", ">= 1", "0"]),
-    "num_degrees_zero": (dict(num_degrees=0), ValueError, ["num_degrees", ">= 1"]),
-    "dim_in_wrong_length": (dict(dim_in=(3, 2)), ValueError, ["dim_in", "input_degrees=1", "(3, 2)"]),
-    "dim_in_zero": (dict(input_degrees=2, dim_in=(3, 0)), ValueError, ["dim_in", ">= 1"]),
-    "depth_negative": (dict(depth=-1), ValueError, ["depth", "-1"]),
-    "num_tokens_zero": (dict(num_tokens=0), ValueError, ["num_tokens", ">= 1", "0"]),
-    "num_positions_float": (dict(num_positions=10.0), TypeError, ["num_positions", "10.0"]),
-    "edge_dim_negative": (dict(edge_dim=-1), ValueError, ["edge_dim", "-1"]),
-    "num_adj_degrees_embed_zero": (dict(num_adj_degrees_embed=0), ValueError, ["num_adj_degrees_embed", ">= 1"]),
-    "adj_dim_negative": (dict(adj_dim=-1, num_adj_degrees_embed=1), ValueError, ["adj_dim", "-1"]),
-    "valid_radius_zero": (dict(valid_radius=0), ValueError, ["valid_radius", "> 0", "0"]),
-    "valid_radius_nan": (dict(valid_radius=math.nan), ValueError, ["valid_radius", "nan"]),
-    "radial_max_distance_negative": (dict(radial_max_distance=-1.0), ValueError, ["radial_max_distance", "-1.0"]),
-    "radial_max_distance_infinite": (dict(radial_max_distance=math.inf), ValueError, ["radial_max_distance", "inf"]),
-    "num_radial_basis_one": (dict(num_radial_basis=1), ValueError, ["num_radial_basis", ">= 2"]),
-    "radial_hidden_dim_zero": (dict(radial_hidden_dim=0), ValueError, ["radial_hidden_dim", ">= 1"]),
-    "num_linear_attn_heads_negative": (dict(num_linear_attn_heads=-1), ValueError, ["num_linear_attn_heads", "-1"]),
-    "ff_mult_zero": (dict(ff_mult=0), ValueError, ["ff_mult", ">= 1"]),
-    "tensor_product_unknown": (dict(tensor_product="fft"), ValueError, ["tensor_product", "'so2'", "'fft'"]),
-    "embedding_grad_frac_above_one": (dict(embedding_grad_frac=1.5), ValueError, ["embedding_grad_frac", "[0, 1]", "1.5"]),
-    "attn_leakyrelu_slope_nan": (dict(attn_leakyrelu_slope=math.nan), ValueError, ["attn_leakyrelu_slope", "nan"]),
-    "edge_chunk_size_zero": (dict(edge_chunk_size=0), ValueError, ["edge_chunk_size", "0"]),
-    "flag_not_bool": (dict(reversible="yes"), TypeError, ["reversible", "'yes'"]),
-    "flag_int_not_0_or_1": (dict(reversible=2), TypeError, ["reversible", "1 or 0", "2"]),
-    "check_inputs_not_bool": (dict(check_inputs=None), TypeError, ["check_inputs", "None"]),
-}
-
-
-@pytest.mark.parametrize("case", sorted(CONSTRUCTOR_CASES))
-def test_bad_constructor_arguments_are_refused(case):
-    overrides, error, fragments = CONSTRUCTOR_CASES[case]
-    with pytest.raises(error) as info:
-        Equiformer(**{**BASE, **overrides})
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-
-
-def test_constructor_accepts_the_equivalent_good_values():
-    """Controls for the cases above: numpy integers and flags, ``inf`` neighbour counts, an
-    integral float count, per-degree tuples, and the combinations that do fit together."""
-    model = Equiformer(
-        **{**BASE, "dim": (np.int64(4), 2), "heads": (1, 2)},
-        num_neighbors=8.0,
-        max_sparse_neighbors=math.inf,
-        attend_sparse_neighbors=np.bool_(True),
-        num_edge_tokens=3,
-        edge_dim=2,
-        num_adj_degrees_embed=2,
-        adj_dim=3,
-        reduce_dim_out=True,
-        linear_out=False,
-        valid_radius=math.inf,
-    )
-    assert model.dim == (4, 2)
-    assert Equiformer(**BASE, num_neighbors=0, attend_sparse_neighbors=True).num_neighbors == 0
-
-
-@pytest.mark.parametrize(
-    "keywords, fragment",
-    [(dict(adj_dim=4), "adj_dim=4 is ignored"), (dict(linear_out=False), "linear_out=False is ignored")],
-    ids=["adj_dim-without-hops", "linear_out-without-head"],
-)
-def test_keywords_without_effect_warn_but_build(keywords, fragment):
-    """equiformer-pytorch accepts these combinations (and ignores the keyword), so a config
-    written for it must build here too; we say that the keyword does nothing, at the caller's line."""
-    with pytest.warns(UserWarning, match=fragment) as caught:
-        model = Equiformer(**{**BASE, **keywords})
-    assert caught[0].filename == __file__
-    reference = Equiformer(**BASE)
-    assert [p.shape for p in model.parameters()] == [p.shape for p in reference.parameters()]
-
-
-def test_flags_take_1_and_0_and_store_booleans():
-    model = Equiformer(**BASE, reduce_dim_out=1, reversible=0)
-    assert model.config["reduce_dim_out"] is True and model.config["reversible"] is False
-    assert model.head is not None and not model.blocks.reversible
+# the constructor arguments are checked by EquiformerConfig: their tests are in tests/test_equiformer_config.py
 
 
 def test_padding_may_hold_any_token_and_edge_ids():

@@ -63,15 +63,16 @@ def test_checkpoint_holds_parameters_only():
 
 def test_config_is_plain_and_rebuilds_the_model():
     model = make_model(**CONFIG)
-    config = model.config
-    assert config == {**config, **CONFIG}  # every keyword given is there, as given
+    config = model.config.to_dict()
+    # every keyword given is there, as given (sequences as lists, the form JSON gives back)
+    assert config == {**config, **{k: list(v) if isinstance(v, tuple) else v for k, v in CONFIG.items()}}
     assert config["check_inputs"] is True and "splits" in config  # defaults too
     assert _load(_saved(config)) == config  # primitives only: loads with weights_only=True
-    rebuilt = Equiformer.from_config(config)
-    assert rebuilt.config == config
-    assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
+    for rebuilt in (Equiformer.from_config(config), Equiformer.from_config(model.config)):
+        assert rebuilt.config == model.config
+        assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
     config["depth"] = 99  # a copy: the model's own config is not changed
-    assert model.config["depth"] == 2
+    assert model.config.depth == 2
 
 
 def test_from_config_names_an_unknown_keyword():
@@ -108,7 +109,7 @@ SAVE_SCRIPT = textwrap.dedent(
     from test_serialisation import CONFIG, _run
 
     model = make_model(**CONFIG)
-    torch.save({{"config": model.config, "state_dict": model.state_dict(),
+    torch.save({{"config": model.config.to_dict(), "state_dict": model.state_dict(),
                 "outputs": list(_run(model, seed=5).degrees.values())}}, {path!r})
     """
 )
@@ -143,10 +144,11 @@ def test_numpy_numbers_are_stored_as_plain_python_and_the_config_is_a_private_co
         reversible=np.bool_(False), valid_radius=np.float64(5.0),
     )
     Equiformer(dim=np.int64(8), heads=1, dim_head=4, depth=1)  # a numpy int broadcast per degree
-    config = model.config
+    config = model.config.to_dict()
     assert _load(_saved(config)) == config
     assert type(config["dim"][0]) is int and type(config["reversible"]) is bool and type(config["valid_radius"]) is float
     dims.append(4)
     config["dim"].append(4)
-    assert model.config["dim"] == [8, 4]
+    assert model.config.dim == (8, 4) and model.config.to_dict()["dim"] == [8, 4]
     assert Equiformer.from_config(model.config).config == model.config
+    assert Equiformer.from_config(model.config.to_dict()).config == model.config
