@@ -7,7 +7,11 @@ version = {}
 exec((here / "equiformer" / "version.py").read_text(), version)
 
 denoise_requires = ["gemmi>=0.6", "matplotlib>=3.7", "tqdm>=4.60"]
-test_requires = ["pytest>=7", "hypothesis>=6.80", "e3nn==0.6.0", *denoise_requires]
+atomistic_requires = ["ase>=3.23", "vesin>=0.3"]
+# GFN2-xTB labels for equiformer.atomistic.datasets.make_xtb_dataset.  Not in test_requires: PyPI has
+# wheels for Linux x86_64 only, elsewhere pip would need a Fortran toolchain (its test skips without).
+xtb_requires = [*atomistic_requires, "tblite>=0.4"]
+test_requires = ["pytest>=7", "hypothesis>=6.80", "e3nn==0.6.0", *denoise_requires, *atomistic_requires]
 
 setup(
     name="equiformer",
@@ -22,6 +26,8 @@ setup(
     install_requires=["torch>=2.4", "numpy>=1.26"],
     extras_require={
         "denoise": denoise_requires,
+        "atomistic": atomistic_requires,
+        "xtb": xtb_requires,
         "test": test_requires,
         "bench": ["equiformer-pytorch==0.5.4", "psutil>=5.9"],
     },

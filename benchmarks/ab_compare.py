@@ -10,6 +10,7 @@ fastest forward+backward (or forward) time of each side and their ratios A/B (> 
     python benchmarks/ab_compare.py --a /tmp/base --b . --nodes 16 --ops  # fixed cost, op counts
 
 Configurations are the ones of ``peer_comparison.py``; ``--nodes`` overrides their size.
+``packed-mixed`` times ``forward_packed`` on one 384-node graph with 40 of 24 nodes.
 """
 from __future__ import annotations
 
@@ -40,12 +41,18 @@ def worker(name: str, nodes: int | None, backward: bool, keep_freed: bool, count
     sys.path.insert(0, str(HERE))
     from peer_comparison import CONFIGS, QUICK, build, inputs, step
 
-    config, n = {**CONFIGS, **QUICK}[name]
-    data = inputs(nodes or n, torch.device("cpu"))
-    model = build("ours", config, torch.device("cpu"))
+    if name in PACKED:
+        config, sizes = PACKED[name]
+        model = build("ours", config, torch.device("cpu"))
+        data, step = packed_inputs(sizes), packed_step
+    else:
+        config, n = {**CONFIGS, **QUICK}[name]
+        data = inputs(nodes or n, torch.device("cpu"))
+        model = build("ours", config, torch.device("cpu"))
     for _ in range(2):
         step(model, *data, backward=True)
-    ops = count_forward_ops(model, data) if count_ops else None
+    forward = model.forward_packed if name in PACKED else model
+    ops = count_forward_ops(forward, data) if count_ops else None
     print(json.dumps({"source": str(Path(equiformer.__file__).resolve().parent.parent), "ops": ops}), flush=True)
     for _ in sys.stdin:
         t0 = time.perf_counter()
@@ -53,7 +60,36 @@ def worker(name: str, nodes: int | None, backward: bool, keep_freed: bool, count
         print(time.perf_counter() - t0, flush=True)
 
 
-def count_forward_ops(model, data) -> int:
+def _packed_configs() -> dict:
+    """Packed batches of mixed sizes (``forward_packed``): one chain-sized graph among small ones."""
+    sys.path.insert(0, str(HERE))
+    from peer_comparison import DENOISE
+
+    return {"packed-mixed": (DENOISE, [384] + [24] * 40), "packed-quick": ({**DENOISE, "depth": 2}, [48] + [8] * 6)}
+
+
+PACKED = _packed_configs()
+
+
+def packed_inputs(sizes: list[int]) -> tuple:
+    g = torch.Generator().manual_seed(1)
+    n = sum(sizes)
+    tokens = torch.randint(0, 24, (n,), generator=g)
+    coors = torch.cat([torch.randn(s, 3, generator=g) * 2 * s ** (1 / 3) for s in sizes])  # ~ protein density
+    graph_index = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    return tokens, coors, graph_index
+
+
+def packed_step(model, tokens, coors, graph_index, backward: bool) -> None:
+    if backward:
+        out = model.forward_packed(tokens, coors, graph_index)
+        (out.type0.sum() + out.type1.sum()).backward()
+    else:
+        with torch.no_grad():
+            model.forward_packed(tokens, coors, graph_index)
+
+
+def count_forward_ops(forward, data) -> int:
     """ATen operations dispatched by one forward with gradients enabled."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -65,7 +101,7 @@ def count_forward_ops(model, data) -> int:
             return func(*args, **(kwargs or {}))
 
     with Counter():
-        model(*data)
+        forward(*data)
     return Counter.count
 
 
