@@ -85,9 +85,21 @@ def packed_search(
     if pos.shape[0] == 0:
         return no_edges(pos.device)
     counts, rank = positions_in_graphs(graph_index)
+    if _one_block(graph_index, counts):  # equal graphs in order: packed ids are padded-flat ids already
+        block = torch.ones(counts.numel(), int(counts[0]), dtype=torch.bool, device=pos.device)  # (G, n)
+        return padded_search(pos.detach().view(counts.numel(), -1, 3), block, search, exclude)
     ids = torch.arange(pos.shape[0], device=pos.device)
     nodes = _Nodes(pos.detach(), graph_index, rank, ids, pos.shape[0])
     return grouped_search(nodes, counts, size_groups(counts), search, exclude)
+
+
+def _one_block(graph_index: Tensor, counts: Tensor) -> bool:
+    """Whether packed nodes are a full ``(G, n)`` block: every graph the same size, in order (a
+    batch without padding, the common case): one search with no regrouping."""
+    if counts.numel() == 1:
+        return True
+    sizes = counts.aminmax()
+    return int(sizes.min) == int(sizes.max) and bool((graph_index[1:] >= graph_index[:-1]).all())
 
 
 def padded_search(
