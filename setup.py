@@ -7,7 +7,7 @@ version = {}
 exec((here / "equiformer" / "version.py").read_text(), version)
 
 denoise_requires = ["gemmi>=0.6", "matplotlib>=3.7", "tqdm>=4.60"]
-atomistic_requires = ["ase>=3.23", "vesin>=0.3"]
+atomistic_requires = ["ase>=3.23", "vesin>=0.3", "matplotlib>=3.7"]  # matplotlib: the trainer's plots
 # GFN2-xTB labels for equiformer.atomistic.datasets.make_xtb_dataset.  Not in test_requires: PyPI has
 # wheels for Linux x86_64 only, elsewhere pip would need a Fortran toolchain (its test skips without).
 xtb_requires = [*atomistic_requires, "tblite>=0.4"]

@@ -5,6 +5,8 @@ order, crops and noise), ``objective`` (model, loss, RMSD), ``optim`` (AdamW and
 ``loop`` (training steps), ``validation``, ``checkpoint`` (atomic, resumable), ``metrics``
 (JSON lines and plot), ``distributed`` (DDP helpers), ``interrupt`` (Ctrl-C), ``run`` (set-up).
 Nothing here is imported by ``import equiformer``; tqdm and matplotlib are imported on use.
+The settings machinery, checkpoints, metrics, optimizer, interrupts and multi-process helpers
+are generic and also drive ``equiformer.atomistic.train`` (interatomic potentials).
 """
 
 from .config import PRESETS, ConfigError, SetupError, TrainConfig, build_parser

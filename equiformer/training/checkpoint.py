@@ -25,6 +25,12 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "step", "config", "world_size", "data_fingerprint", "elapsed", "model", "optimizer",
     "scheduler", "order", "rng",
 )
+KEY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "config": dict, "model": dict, "optimizer": dict, "scheduler": dict, "order": dict,
+    "rng": dict, "step": int, "world_size": int, "elapsed": (int, float),
+}
+DENOISE = "denoise.py"
+"""The ``program`` of checkpoints without one: ``denoise.py`` writes none."""
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -35,8 +41,17 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU (weights only); errors name the file and the cause."""
+def load_checkpoint(
+    path: str | Path,
+    program: str = DENOISE,
+    required: tuple[str, ...] = REQUIRED_KEYS,
+    key_types: dict[str, type | tuple[type, ...]] = KEY_TYPES,
+) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU (weights only); errors name the file and the cause.
+
+    ``program`` is the writer the payload's ``program`` key must name (``denoise.py`` for
+    payloads without one), so that one trainer never resumes another's checkpoint; ``required``
+    and ``key_types`` are the keys it must have and the types of some of them."""
     path = Path(path)
     if not path.is_file():
         raise SetupError(f"no checkpoint to resume at {path} (run once without --resume first)")
@@ -47,14 +62,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     version = payload.get("format_version") if isinstance(payload, dict) else None
     if version != FORMAT_VERSION:
         raise SetupError(
-            f"{path} is not a denoise.py checkpoint of format {FORMAT_VERSION} (found {version!r})"
+            f"{path} is not a {program} checkpoint of format {FORMAT_VERSION} (found {version!r})"
         )
-    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    writer = payload.get("program", DENOISE)
+    if writer != program:
+        raise SetupError(f"{path} is not a {program} checkpoint: {writer} wrote it")
+    missing = [key for key in required if key not in payload]
     if missing:
         raise SetupError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}")
-    kinds = {"config": dict, "model": dict, "optimizer": dict, "scheduler": dict, "order": dict,
-             "rng": dict, "step": int, "world_size": int, "elapsed": (int, float)}
-    wrong = [f"{key} is a {type(payload[key]).__name__}" for key, kind in kinds.items()
+    wrong = [f"{key} is a {type(payload[key]).__name__}" for key, kind in key_types.items()
              if not isinstance(payload[key], kind) or isinstance(payload[key], bool)]
     if wrong or payload["step"] < 0:
         raise SetupError(f"checkpoint {path} is damaged: {', '.join(wrong) or 'negative step'}")

@@ -20,7 +20,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 ROLES = ("strict", "inherit", "run")
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,133 +39,140 @@ class SetupError(RuntimeError):
     """The run cannot start (missing data, unreadable checkpoint ...); the message names it."""
 
 
-def _opt(help: str, role: str = "strict", group: str = "training", **argparse_kwargs: Any) -> dict:
-    """Field metadata: the ``--help`` text, the resume role and extra argparse arguments."""
+def setting(help: str, role: str = "strict", group: str = "training", **argparse_kwargs: Any) -> dict:
+    """Field metadata: the ``--help`` text, the resume role and extra argparse arguments (they
+    override the derived ones, e.g. ``nargs="+", type=int`` for a space-separated tuple)."""
     assert role in ROLES, role
     return {"help": help, "role": role, "group": group, "argparse": argparse_kwargs}
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one denoising run; the defaults are the ``small`` preset (2 CPU cores, ~3 min)."""
-
-    # ---------------------------------------------------------------- data
-    data: str | None = field(default=None, metadata=_opt(
-        "folder of PDB/mmCIF files (.pdb .ent .cif .mmcif, optionally .gz), searched recursively, "
-        "instead of the embedded set", group="data", metavar="DIR"))
-    sidechainnet: str | None = field(default=None, metadata=_opt(
-        "local SidechainNet pickle (0.7 or 1.0 layout, all splits pooled and re-split by PDB "
-        "entry) instead of the embedded set; nothing is downloaded", group="data", metavar="PATH"))
-    strict_data: bool = field(default=False, metadata=_opt(
-        "stop at the first unreadable structure file instead of skipping it with a warning",
-        role="run", group="data"))
-    min_residues: int = field(default=16, metadata=_opt(
-        "leave out chains with fewer resolved residues", group="data"))
-    val_fraction: float = field(default=0.1, metadata=_opt(
-        "fraction of PDB entries held out for validation", group="data"))
-    split_seed: int = field(default=0, metadata=_opt(
-        "seed of the train/validation split by PDB entry (independent of --seed)", group="data"))
-    val_proteins: int = field(default=16, metadata=_opt(
-        "validate on at most this many held-out chains (a fixed, seeded choice)", group="data"))
-    crop: int = field(default=32, metadata=_opt(
-        "crop every chain to a random window of this many residues (4 atoms each)", group="data"))
-
-    # ---------------------------------------------------------------- task
-    noise: float = field(default=1.0, metadata=_opt(
-        "standard deviation (Å) of the Gaussian noise added to each backbone coordinate",
-        group="task"))
-
-    # ---------------------------------------------------------------- model
-    preset: str = field(default="small", metadata=_opt(
-        "named set of model and training sizes; flags given explicitly override it",
-        group="model", choices=("small", "large")))
-    dim: tuple[int, ...] = field(default=(32, 16), metadata=_opt(
-        "channels per degree, comma separated", group="model"))
-    num_degrees: int = field(default=2, metadata=_opt("degrees 0..L-1 of the hidden features",
-                                                      group="model"))
-    heads: tuple[int, ...] = field(default=(4, 4), metadata=_opt(
-        "attention heads per degree, comma separated", group="model"))
-    dim_head: tuple[int, ...] = field(default=(16, 8), metadata=_opt(
-        "channels per attention head and degree, comma separated", group="model"))
-    depth: int = field(default=2, metadata=_opt("attention blocks", group="model"))
-    num_neighbors: int = field(default=16, metadata=_opt(
-        "nearest atoms each atom attends to, besides its covalent neighbours", group="model"))
-    valid_radius: float = field(default=10.0, metadata=_opt(
-        "neighbour search radius (Å)", group="model"))
-    adj_degrees: int = field(default=3, metadata=_opt(
-        "embed covalent hop distance 1..K on edges and attend to atoms within K bonds",
-        group="model"))
-    attention: str = field(default="mlp", metadata=_opt(
-        "attention kind: 'mlp' (Equiformer paper) or 'l2' (distance of queries and keys)",
-        group="model", choices=ATTENTION))
-
-    # ---------------------------------------------------------------- optimisation
-    steps: int = field(default=1200, metadata=_opt("optimizer steps in total"))
-    batch_size: int = field(default=4, metadata=_opt(
-        "chains per micro-batch on each process (global batch = this x processes x --accumulate)"))
-    accumulate: int = field(default=1, metadata=_opt(
-        "micro-batches whose gradients are summed before each optimizer step"))
-    lr: float = field(default=3e-3, metadata=_opt("peak learning rate of AdamW"))
-    min_lr_ratio: float = field(default=0.05, metadata=_opt(
-        "the cosine decay ends at this fraction of --lr"))
-    warmup_steps: int = field(default=50, metadata=_opt("steps of linear warm-up to --lr"))
-    weight_decay: float = field(default=0.01, metadata=_opt(
-        "AdamW weight decay (not applied to biases, norms and other vectors)"))
-    clip_grad: float = field(default=1.0, metadata=_opt(
-        "clip the global gradient norm to this value (0: no clipping)"))
-    seed: int = field(default=0, metadata=_opt(
-        "seed of the initial weights, the data order, crops and training/validation noise"))
-    dtype: str = field(default="float32", metadata=_opt(
-        "parameter and coordinate dtype; float64 for exact reproducibility checks",
-        choices=DTYPES))
-
-    # ---------------------------------------------------------------- bookkeeping
-    val_every: int = field(default=100, metadata=_opt(
-        "validate every N steps (and always after the last step)", role="inherit",
-        group="output"))
-    checkpoint_every: int = field(default=100, metadata=_opt(
-        "write the checkpoint every N steps (also on Ctrl-C and at the end)", role="inherit",
-        group="output"))
-    log_every: int = field(default=20, metadata=_opt(
-        "append the mean training loss to metrics.jsonl every N steps", role="inherit",
-        group="output"))
-
-    # ---------------------------------------------------------------- this invocation
-    out: str = field(default=os.path.join("runs", "denoise"), metadata=_opt(
-        "output folder: checkpoint.pt, metrics.jsonl, curves.png, validation_example.pdb",
-        role="run", group="output", metavar="DIR"))
-    resume: bool = field(default=False, metadata=_opt(
-        "continue from --out's checkpoint; settings not given are taken from it",
-        role="run", group="output"))
-    overwrite: bool = field(default=False, metadata=_opt(
-        "start afresh even if --out already holds a checkpoint", role="run", group="output"))
-    stop_at_step: int = field(default=0, metadata=_opt(
-        "stop this invocation after step N with a checkpoint, as if interrupted (0: run to "
-        "--steps); for time-limited jobs", role="run", group="output"))
-    progress: bool = field(default=True, metadata=_opt(
-        "show a progress bar (process 0 only)", role="run", group="output"))
-    device: str = field(default="auto", metadata=_opt(
-        "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'", role="run", group="runtime"))
-    precision: str = field(default="auto", metadata=_opt(
-        "'bf16' autocast (CUDA only), 'fp32', or 'auto' (bf16 on CUDA, fp32 on CPU)",
-        role="run", group="runtime", choices=PRECISIONS))
-    threads: int = field(default=0, metadata=_opt(
-        "CPU threads per process (0: torch's default; at most 1024)", role="run", group="runtime"))
-
-    def __post_init__(self) -> None:
-        _validate(self)
+class Settings:
+    """Base of a frozen dataclass of run settings whose fields carry ``setting`` metadata: the
+    plain-dict form stored in checkpoints and the resume roles. ``TrainConfig`` is one;
+    ``equiformer.atomistic.train`` has another, so both share the command line and resume rules."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of primitives (tuples become lists), as stored in checkpoints."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> Any:
         """Inverse of ``to_dict``; unknown keys are an error, missing keys get defaults."""
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown settings {sorted(unknown)}")
-        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+        return cls(**{k: _coerce(k, v, cls) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Settings of one denoising run; the defaults are the ``small`` preset (2 CPU cores, ~3 min)."""
+
+    # ---------------------------------------------------------------- data
+    data: str | None = field(default=None, metadata=setting(
+        "folder of PDB/mmCIF files (.pdb .ent .cif .mmcif, optionally .gz), searched recursively, "
+        "instead of the embedded set", group="data", metavar="DIR"))
+    sidechainnet: str | None = field(default=None, metadata=setting(
+        "local SidechainNet pickle (0.7 or 1.0 layout, all splits pooled and re-split by PDB "
+        "entry) instead of the embedded set; nothing is downloaded", group="data", metavar="PATH"))
+    strict_data: bool = field(default=False, metadata=setting(
+        "stop at the first unreadable structure file instead of skipping it with a warning",
+        role="run", group="data"))
+    min_residues: int = field(default=16, metadata=setting(
+        "leave out chains with fewer resolved residues", group="data"))
+    val_fraction: float = field(default=0.1, metadata=setting(
+        "fraction of PDB entries held out for validation", group="data"))
+    split_seed: int = field(default=0, metadata=setting(
+        "seed of the train/validation split by PDB entry (independent of --seed)", group="data"))
+    val_proteins: int = field(default=16, metadata=setting(
+        "validate on at most this many held-out chains (a fixed, seeded choice)", group="data"))
+    crop: int = field(default=32, metadata=setting(
+        "crop every chain to a random window of this many residues (4 atoms each)", group="data"))
+
+    # ---------------------------------------------------------------- task
+    noise: float = field(default=1.0, metadata=setting(
+        "standard deviation (Å) of the Gaussian noise added to each backbone coordinate",
+        group="task"))
+
+    # ---------------------------------------------------------------- model
+    preset: str = field(default="small", metadata=setting(
+        "named set of model and training sizes; flags given explicitly override it",
+        group="model", choices=("small", "large")))
+    dim: tuple[int, ...] = field(default=(32, 16), metadata=setting(
+        "channels per degree, comma separated", group="model"))
+    num_degrees: int = field(default=2, metadata=setting("degrees 0..L-1 of the hidden features",
+                                                      group="model"))
+    heads: tuple[int, ...] = field(default=(4, 4), metadata=setting(
+        "attention heads per degree, comma separated", group="model"))
+    dim_head: tuple[int, ...] = field(default=(16, 8), metadata=setting(
+        "channels per attention head and degree, comma separated", group="model"))
+    depth: int = field(default=2, metadata=setting("attention blocks", group="model"))
+    num_neighbors: int = field(default=16, metadata=setting(
+        "nearest atoms each atom attends to, besides its covalent neighbours", group="model"))
+    valid_radius: float = field(default=10.0, metadata=setting(
+        "neighbour search radius (Å)", group="model"))
+    adj_degrees: int = field(default=3, metadata=setting(
+        "embed covalent hop distance 1..K on edges and attend to atoms within K bonds",
+        group="model"))
+    attention: str = field(default="mlp", metadata=setting(
+        "attention kind: 'mlp' (Equiformer paper) or 'l2' (distance of queries and keys)",
+        group="model", choices=ATTENTION))
+
+    # ---------------------------------------------------------------- optimisation
+    steps: int = field(default=1200, metadata=setting("optimizer steps in total"))
+    batch_size: int = field(default=4, metadata=setting(
+        "chains per micro-batch on each process (global batch = this x processes x --accumulate)"))
+    accumulate: int = field(default=1, metadata=setting(
+        "micro-batches whose gradients are summed before each optimizer step"))
+    lr: float = field(default=3e-3, metadata=setting("peak learning rate of AdamW"))
+    min_lr_ratio: float = field(default=0.05, metadata=setting(
+        "the cosine decay ends at this fraction of --lr"))
+    warmup_steps: int = field(default=50, metadata=setting("steps of linear warm-up to --lr"))
+    weight_decay: float = field(default=0.01, metadata=setting(
+        "AdamW weight decay (not applied to biases, norms and other vectors)"))
+    clip_grad: float = field(default=1.0, metadata=setting(
+        "clip the global gradient norm to this value (0: no clipping)"))
+    seed: int = field(default=0, metadata=setting(
+        "seed of the initial weights, the data order, crops and training/validation noise"))
+    dtype: str = field(default="float32", metadata=setting(
+        "parameter and coordinate dtype; float64 for exact reproducibility checks",
+        choices=DTYPES))
+
+    # ---------------------------------------------------------------- bookkeeping
+    val_every: int = field(default=100, metadata=setting(
+        "validate every N steps (and always after the last step)", role="inherit",
+        group="output"))
+    checkpoint_every: int = field(default=100, metadata=setting(
+        "write the checkpoint every N steps (also on Ctrl-C and at the end)", role="inherit",
+        group="output"))
+    log_every: int = field(default=20, metadata=setting(
+        "append the mean training loss to metrics.jsonl every N steps", role="inherit",
+        group="output"))
+
+    # ---------------------------------------------------------------- this invocation
+    out: str = field(default=os.path.join("runs", "denoise"), metadata=setting(
+        "output folder: checkpoint.pt, metrics.jsonl, curves.png, validation_example.pdb",
+        role="run", group="output", metavar="DIR"))
+    resume: bool = field(default=False, metadata=setting(
+        "continue from --out's checkpoint; settings not given are taken from it",
+        role="run", group="output"))
+    overwrite: bool = field(default=False, metadata=setting(
+        "start afresh even if --out already holds a checkpoint", role="run", group="output"))
+    stop_at_step: int = field(default=0, metadata=setting(
+        "stop this invocation after step N with a checkpoint, as if interrupted (0: run to "
+        "--steps); for time-limited jobs", role="run", group="output"))
+    progress: bool = field(default=True, metadata=setting(
+        "show a progress bar (process 0 only)", role="run", group="output"))
+    device: str = field(default="auto", metadata=setting(
+        "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'", role="run", group="runtime"))
+    precision: str = field(default="auto", metadata=setting(
+        "'bf16' autocast (CUDA only), 'fp32', or 'auto' (bf16 on CUDA, fp32 on CPU)",
+        role="run", group="runtime", choices=PRECISIONS))
+    threads: int = field(default=0, metadata=setting(
+        "CPU threads per process (0: torch's default; at most 1024)", role="run", group="runtime"))
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
     @property
     def per_rank_batch(self) -> int:
@@ -187,8 +194,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def fields_by_role(role: str) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["role"] == role)
+def fields_by_role(role: str, cls: type[Settings] = TrainConfig) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["role"] == role)
 
 
 def resolve(explicit: dict[str, Any]) -> TrainConfig:
@@ -204,21 +211,22 @@ def explicit_with_preset(explicit: dict[str, Any]) -> dict[str, Any]:
     return {**PRESETS[explicit["preset"]], **explicit}
 
 
-def resolve_resume(saved: dict[str, Any], explicit: dict[str, Any], source: str = "the checkpoint") -> TrainConfig:
+def resolve_resume(saved: dict[str, Any], explicit: dict[str, Any], source: str = "the checkpoint",
+                   cls: type[Settings] = TrainConfig) -> Any:
     """The config of a resumed run: the checkpoint's, with ``inherit``/``run`` flags applied.
-    ``source`` names the checkpoint in errors.
+    ``source`` names the checkpoint in errors; ``cls`` is the settings class.
 
     Raises ``ConfigError`` naming every strict setting that the command line changes.
     """
     try:
-        saved_config = TrainConfig.from_dict(saved)
+        saved_config = cls.from_dict(saved)
     except (ConfigError, TypeError) as error:
         raise ConfigError(f"the config stored in {source} is not one this version reads: {error}")
     asked = explicit_with_preset(explicit)
     conflicts = [
         f"{name}: checkpoint has {getattr(saved_config, name)!r}, this run asks for {value!r}"
         for name, value in asked.items()
-        if name in fields_by_role("strict") and _coerce(name, value) != getattr(saved_config, name)
+        if name in fields_by_role("strict", cls) and _coerce(name, value, cls) != getattr(saved_config, name)
     ]
     if conflicts:
         raise ConfigError(
@@ -226,9 +234,9 @@ def resolve_resume(saved: dict[str, Any], explicit: dict[str, Any], source: str 
             "training run; drop these flags or start a new run with another --out):\n  "
             + "\n  ".join(conflicts)
         )
-    run_defaults = {name: getattr(TrainConfig, name) for name in fields_by_role("run")}
+    run_defaults = {name: getattr(cls, name) for name in fields_by_role("run", cls)}
     merged = {**saved_config.to_dict(), **run_defaults, **asked}
-    return TrainConfig.from_dict(merged)
+    return cls.from_dict(merged)
 
 
 # ---------------------------------------------------------------- command line
@@ -271,23 +279,34 @@ def build_parser(prog: str = "denoise.py") -> argparse.ArgumentParser:
         epilog="Exit status: 0 finished (or stopped by --stop-at-step), 130 interrupted by "
         "Ctrl-C/SIGTERM after saving a checkpoint, 2 bad settings or data.",
     )
+    add_settings_arguments(parser, TrainConfig, lambda name: _preset_note(PRESETS["large"].get(name)))
+    return parser
+
+
+def _preset_note(value: Any) -> str:
+    return f"; large preset: {_show(value)}" if value is not None else ""
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[Settings],
+                           note: Callable[[str], str] = lambda name: "") -> None:
+    """One flag per field of ``cls`` (``--snake-name``), grouped by the fields' ``group``, with
+    the default (and ``note(name)``) in its help; booleans get ``--no-`` forms."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         meta = f.metadata
         group = groups.get(meta["group"]) or parser.add_argument_group(meta["group"])
         groups[meta["group"]] = group
         flag = "--" + f.name.replace("_", "-")
-        large = PRESETS["large"].get(f.name)
-        shown = _show(f.default) + (f"; large preset: {_show(large)}" if large is not None else "")
+        shown = _show(f.default, meta["argparse"]) + note(f.name)
         help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            kwargs = {"metavar": _metavar(f.default), **meta["argparse"]}
+            kwargs = {"metavar": _metavar(f.default), "type": _argparse_type(f.default),
+                      **meta["argparse"]}
             if "choices" in kwargs:
                 del kwargs["metavar"]
-            group.add_argument(flag, type=_argparse_type(f.default), help=help_text, **kwargs)
-    return parser
+            group.add_argument(flag, help=help_text, **kwargs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -302,13 +321,17 @@ def parse_args(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return explicit
 
 
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+def _show(value: Any, argparse_kwargs: dict[str, Any] | None = None) -> str:
+    """A default as the user would type it: tuples comma separated, or space separated for
+    ``nargs`` flags."""
+    if not isinstance(value, tuple):
+        return str(value)
+    return (" " if argparse_kwargs and "nargs" in argparse_kwargs else ",").join(map(str, value))
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, cls: type[Settings] = TrainConfig) -> Any:
     """Lists from a checkpoint back to tuples, ints to floats where the field is a float."""
-    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
     if isinstance(default, tuple) and isinstance(value, Iterable) and not isinstance(value, str):
         return tuple(value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):

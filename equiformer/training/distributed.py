@@ -80,6 +80,28 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return values
 
 
+def sum_gradients(module: nn.Module, ctx: DistContext) -> None:
+    """Replace every parameter's gradient by its sum over ranks, in one collective.
+
+    The explicit alternative to ``wrap_model``'s DDP for a loss whose gradient is taken twice
+    (forces = -dE/dr inside the forward pass) or whose forward runs more than once per step:
+    with each rank's loss already divided by the *global* batch's counts, the sum is the
+    gradient of the global loss. A parameter without a gradient counts as zeros. Identity on
+    one process, except that missing gradients become zeros there too (so that the optimizer
+    steps the same parameters however many processes there are).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not ctx.enabled:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])  # (P,) one message, not one per tensor
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for p, summed in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(summed.view_as(p))
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

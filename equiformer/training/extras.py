@@ -35,10 +35,11 @@ def missing_extras(names: tuple[str, ...] = DENOISE_EXTRAS) -> list[str]:
     return missing
 
 
-def missing_extras_message(missing: list[str], prog: str = "denoise.py") -> str:
-    """One line naming the missing packages and the command that installs them."""
+def missing_extras_message(missing: list[str], prog: str = "denoise.py",
+                           hint: str = INSTALL_HINT) -> str:
+    """One line naming the missing packages and the command that installs them (``hint``)."""
     return (f"{prog}: error: missing optional package{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(missing)}; install with: {INSTALL_HINT}")
+            f"{', '.join(missing)}; install with: {hint}")
 
 
 def exit_if_missing_extras(prog: str = "denoise.py") -> None:

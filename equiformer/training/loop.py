@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -107,7 +108,22 @@ class Session:
             tqdm.write(message)
 
 
-def save(session: Session) -> None:
+class RunState(Protocol):
+    """What ``save``, ``save_timed`` and ``write_train_record`` use of a session: ``Session``
+    here, and the atomistic trainer's session (``equiformer.atomistic.training_loop``)."""
+
+    ctx: DistContext
+    out: Path
+    metrics: MetricsLog
+    step: int
+    elapsed: float
+    window: TrainWindow
+    order: BatchOrder
+
+    def checkpoint_state(self) -> dict: ...
+
+
+def save(session: RunState) -> None:
     """Rank 0 writes the checkpoint; the barrier keeps ranks from exiting before it is done."""
     if session.ctx.is_main:
         save_checkpoint(session.out / CHECKPOINT_NAME, session.checkpoint_state())
@@ -157,7 +173,7 @@ def validate(session: Session) -> ValidationResult:
     return result
 
 
-def write_train_record(session: Session, lr: float, grad_norm: float, started: float,
+def write_train_record(session: RunState, lr: float, grad_norm: float, started: float,
                        partial: bool = False) -> None:
     """The mean training loss of the window; a full record starts a new window.
 
@@ -176,7 +192,7 @@ def write_train_record(session: Session, lr: float, grad_norm: float, started: f
         session.window = TrainWindow()
 
 
-def save_timed(session: Session, started: float) -> float:
+def save_timed(session: RunState, started: float) -> float:
     """``save`` with the run time since ``started`` added; returns the new start."""
     now = time.perf_counter()
     session.elapsed += now - started

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import SetupError
 from .files import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
@@ -60,9 +64,12 @@ class MetricsLog:
     ``partial`` train records (written at a stop) are superseded by the resumed run's full ones.
     """
 
-    def __init__(self, folder: Path, enabled: bool, resume_step: int | None = None):
+    def __init__(self, folder: Path, enabled: bool, resume_step: int | None = None,
+                 plotter: Callable[[list[dict[str, Any]], Path], None] | None = None):
         self.path = folder / METRICS_NAME
         self.enabled = enabled
+        self.plotter = plotter or plot_curves
+        """Draws the records into a PNG: ``plot_curves`` (denoising) unless another is given."""
         self.records: list[dict[str, Any]] = []
         self._plotted: tuple[int, int] | None = None
         if not enabled:
@@ -88,27 +95,36 @@ class MetricsLog:
         return [r for r in self.records if r.get("kind") == kind]
 
     def plot(self, path: Path) -> None:
-        """``plot_curves`` of the records, unless what it shows is unchanged since the last call (~1 s)."""
+        """``plotter`` of the records, unless what it shows is unchanged since the last call (~1 s)."""
         key = (len(self.of_kind("train")), len(self.of_kind("val")))
         if self.enabled and key != self._plotted:
-            plot_curves(self.records, path)
+            self.plotter(self.records, path)
             self._plotted = key
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
-    """Training loss and validation RMSD against step, side by side, as a PNG.
-
-    Uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global backend
-    switch), imported here so that training without plots never needs matplotlib.
-    """
+def agg_figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib figure on the Agg canvas: the object API, no pyplot, no display and no
+    global backend switch; matplotlib is imported here, so training without plots never needs it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Figure, path: str | Path) -> None:
+    """Write ``figure`` as a PNG, atomically."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Training loss and validation RMSD against step, side by side, as a PNG."""
     train = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
     val = [r for r in records if r.get("kind") == "val"]
-    figure = Figure(figsize=(10, 4))
+    figure = agg_figure((10, 4))
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.13, top=0.91, wspace=0.3)
-    FigureCanvasAgg(figure)
     loss_axes, rmsd_axes = figure.subplots(1, 2)
     loss_axes.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
     loss_axes.set(xlabel="step", ylabel="mean squared deviation (Å²)", title="training loss")
@@ -124,5 +140,4 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
     rmsd_axes.legend()
     for axes in (loss_axes, rmsd_axes):
         axes.grid(alpha=0.3)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
+    save_figure(figure, path)

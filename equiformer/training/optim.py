@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .config import TrainConfig
+
+class OptimSettings(Protocol):
+    """The settings read here; ``TrainConfig`` and the atomistic trainer's config both have them."""
+
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    steps: int
+    min_lr_ratio: float
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: OptimSettings) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices, since decaying gains and biases only hurts."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     keep = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -43,7 +52,7 @@ class WarmupCosine:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, config: OptimSettings
 ) -> torch.optim.lr_scheduler.LambdaLR:
     schedule = WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

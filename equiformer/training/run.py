@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -153,8 +153,8 @@ def build_session(
     data_fingerprint, val_fingerprint = fingerprint(train_chains), fingerprint(val_chains)
     if checkpoint is not None:
         _check_compatible(checkpoint, ctx, data_fingerprint, val_fingerprint, out)
-        window, validation_due = _restore(checkpoint, module, optimizer, scheduler, order,
-                                          out / CHECKPOINT_NAME)
+        window, validation_due = restore_states(checkpoint, module, optimizer, scheduler, order,
+                                                out / CHECKPOINT_NAME)
         step, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
     session = Session(
         config=config, ctx=ctx, device=device, precision=precision, dtype=dtype,
@@ -165,7 +165,7 @@ def build_session(
         data_fingerprint=data_fingerprint, val_fingerprint=val_fingerprint, step=step, elapsed=elapsed, window=window,
         validation_due=validation_due,
     )
-    _prepare_out_folder(session, resume_step=step if checkpoint else None)
+    prepare_out_folder(session, resume_step=step if checkpoint else None)
     if checkpoint is not None and "validation_due" not in checkpoint:
         # older checkpoints: a run whose steps are all done owes its final validation
         # unless metrics.jsonl has it (an interrupt in the last step used to skip it);
@@ -188,12 +188,21 @@ def build_session(
     return session
 
 
-def _prepare_out_folder(session: Session, resume_step: int | None) -> None:
+def prepare_out_folder(
+    session: Session,
+    resume_step: int | None,
+    outputs: tuple[str, ...] = (CURVES_NAME, EXAMPLE_NAME),
+    plotter: Callable[[list[dict[str, Any]], Path], None] | None = None,
+) -> None:
     """Rank 0 makes the output folder (clearing stale temporaries, replacing the old run under
-    ``--overwrite``), opens ``metrics.jsonl`` and writes ``config.json``; every rank opens its
-    (silent) metrics log.  All ranks then agree on whether that worked: an error only rank 0
-    meets (a damaged metrics file, a folder it cannot write) must stop every rank here, not
-    leave the others to fail or hang in the first gradient all-reduce."""
+    ``--overwrite``: its checkpoint by this run's step 0 and its ``outputs`` deleted), opens
+    ``metrics.jsonl`` (plotted by ``plotter``, see ``MetricsLog``) and writes ``config.json``;
+    every rank opens its (silent) metrics log.  ``session`` is this module's ``Session`` or
+    any object with its ``config``, ``ctx``, ``out``, ``device``, ``metrics`` and
+    ``checkpoint_state()`` (the atomistic trainer's).
+    All ranks then agree on whether that worked: an error only rank 0 meets (a damaged metrics
+    file, a folder it cannot write) must stop every rank here, not leave the others to fail or
+    hang in the first gradient all-reduce."""
     config, ctx, out = session.config, session.ctx, session.out
     error: Exception | None = None
     if ctx.is_main:
@@ -201,14 +210,14 @@ def _prepare_out_folder(session: Session, resume_step: int | None) -> None:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(out)
             if config.overwrite:
-                _replace_previous_run(session)
-            session.metrics = MetricsLog(out, True, resume_step=resume_step)
+                _replace_previous_run(session, outputs)
+            session.metrics = MetricsLog(out, True, resume_step=resume_step, plotter=plotter)
             with atomic_path(out / "config.json") as temporary:
                 temporary.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         except (SetupError, OSError) as caught:
             error = caught
     else:
-        session.metrics = MetricsLog(out, False, resume_step=resume_step)
+        session.metrics = MetricsLog(out, False, resume_step=resume_step, plotter=plotter)
     failed = all_reduce_sum(torch.tensor(float(error is not None), device=session.device), ctx)
     if isinstance(error, SetupError):
         raise error
@@ -230,9 +239,10 @@ def check_out_folder(out: Path) -> None:
         raise SetupError(f"--out {out} cannot be made: {parent} is a file, not a folder")
 
 
-def _replace_previous_run(session: Session) -> None:
+def _replace_previous_run(session: Session, outputs: tuple[str, ...]) -> None:
     """``--overwrite``: before the new run writes anything else, atomically replace the old
-    run's checkpoint with the new run's step-0 one, and delete the old plot and example.
+    run's checkpoint with the new run's step-0 one, and delete the old ``outputs`` (the plot
+    and example).
 
     Killed before its own first periodic checkpoint, the new run must not leave the old
     checkpoint next to its config.json, for ``--resume`` to continue the old run silently;
@@ -240,15 +250,17 @@ def _replace_previous_run(session: Session) -> None:
     nothing draws from the RNGs between here and the first step).
     """
     save_checkpoint(session.out / CHECKPOINT_NAME, session.checkpoint_state())
-    for name in (CURVES_NAME, EXAMPLE_NAME):
+    for name in outputs:
         (session.out / name).unlink(missing_ok=True)
 
 
-def _restore(
+def restore_states(
     checkpoint: dict, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, order: BatchOrder, path: Path,
 ) -> tuple[TrainWindow, bool]:
-    """Load the checkpoint's states; one that does not fit this run is a SetupError naming it."""
+    """Load the checkpoint's model, optimizer, scheduler, data-order and RNG states; one that
+    does not fit this run is a SetupError naming it.  Returns the training-loss window and
+    whether a validation is due."""
     parts = (("model weights", lambda: module.load_state_dict(checkpoint["model"])),
              ("optimizer state", lambda: optimizer.load_state_dict(checkpoint["optimizer"])),
              ("scheduler state", lambda: scheduler.load_state_dict(checkpoint["scheduler"])),
