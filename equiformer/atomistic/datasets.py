@@ -305,8 +305,8 @@ def make_emt_dataset(
 def _openmp_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``threads`` OpenMP threads (None: leave the setting alone).
 
-    tblite parallelises each SCF with OpenMP, which for molecules of a few atoms only costs: on a
-    busy 2-core machine a benzene gradient took 44 ms with 2 threads and 2.6 ms with 1.  tblite's
+    tblite parallelises each SCF with OpenMP, which for molecules of a few atoms only costs (more
+    than ten times slower with 2 threads than with 1 on a busy 2-core machine).  tblite's
     wheels link the libgomp that torch has already loaded, and ``torch.set_num_threads`` sets that
     library's thread count; the setting is restored afterwards.
     """

@@ -22,11 +22,9 @@ def keep_freed_memory() -> bool:
     """Serve blocks up to 2 GiB (32 MiB where glibc refuses more) from the heap and never trim
     it (Linux with glibc only).
 
-    ``python benchmarks/ab_compare.py --a . --b . --b-keep-freed-memory --configs denoise-384``
-    (2 CPU cores, forward+backward, with the earlier 32 MiB threshold, which covers every tensor
-    of that size): median 322.9 -> 306.8 ms; at 12,288 nodes (``--nodes
-    12288``, edge tensors of ~90 MB) the 2 GiB threshold took 8.4 s per step where 32 MiB took
-    12.6 s (benchmarks/RESULTS.md).  Both settings are needed: glibc
+    Large graphs' edge tensors are otherwise mapped from the kernel and faulted in afresh every
+    step (``ab_compare.py --b-keep-freed-memory`` measures the gain; benchmarks/RESULTS.md).
+    Both settings are needed: glibc
     documents that setting any threshold turns off its dynamic mmap threshold, so a trim threshold
     alone would leave every block above 128 KiB mapped and unmapped on each step.  Returns
     whether the settings are in force.
