@@ -8,6 +8,7 @@ potential's weights are moved off their initial values (an untrained network wit
 layers would be flat); its per-atom scale is set to give forces of an EMT-like size.
 
     python benchmarks/potential_md.py [--atoms 108 500 4000] [--steps 20] [--nve-steps 2000] [--device auto] [--quick]
+    python benchmarks/potential_md.py --checkpoint runs/cu/potential.pt --atoms --nve-steps 2000   # a trained potential
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def md_speed(potential: Potential, atoms_counts: list[int], steps: int, device: 
         from equiformer.atomistic import batch_radius_graph  # edge count, for the record
 
         positions = torch.tensor(atoms.positions)
-        graph = batch_radius_graph(positions, None, CUTOFF, torch.tensor(atoms.cell.array), torch.tensor(atoms.pbc))
+        graph = batch_radius_graph(positions, None, potential.cutoff, torch.tensor(atoms.cell.array), torch.tensor(atoms.pbc))
         print(f"{len(atoms):>6} {graph.pairs.shape[1] / len(atoms):>10.1f} {1e3 * seconds:>9.1f} {1 / seconds:>8.2f}")
 
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed MD steps per size")
     parser.add_argument("--nve-steps", type=int, default=2000, help="0 skips the drift run")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoint", help="a trained potential (Potential.save) instead of random weights")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 32 atoms, few steps (smoke run)")
     args = parser.parse_args()
@@ -103,8 +105,9 @@ def main() -> None:
         args.atoms, args.steps, args.nve_steps = [32], 3, 20
     device = pick_device(args.device)
     print(machine_line(device))
-    potential = make_potential(args.quick).to(device)
-    print(f"potential: {sum(p.numel() for p in potential.parameters())} parameters, cutoff {CUTOFF} Å")
+    potential = (Potential.load(args.checkpoint) if args.checkpoint else make_potential(args.quick)).to(device)
+    print(f"potential: {args.checkpoint or 'random weights'}, {sum(p.numel() for p in potential.parameters())} parameters, "
+          f"cutoff {potential.cutoff} Å")
     md_speed(potential, args.atoms, args.steps, device)
     if args.nve_steps:
         nve_drift(potential, args.nve_steps, device, repeat=2 if args.quick else 3)

@@ -31,7 +31,7 @@ CASES = [
     ("mixed_sizes.py", ON_CPU, rf"^ +forward_packed +{NUMBER} +forward +{NUMBER} +{NUMBER}x$"),
     ("neighbour_search.py", ON_CPU, rf"^ +600 +gaussian +{NUMBER} +{NUMBER} +{NUMBER}x$"),
     ("neighbour_search.py", ON_CPU + ["--radius", "5"], rf"^ +600 +uniform +{NUMBER} +{NUMBER} +{NUMBER}x$"),
-    ("potential_md.py", ON_CPU, rf"^NVE, 32 atoms, float64, 1 fs, 20 steps .* max \|E\(t\) - E\(0\)\| = \d\.\d\de-\d+ eV/atom"),
+    ("potential_md.py", ON_CPU, r"^NVE, 32 atoms, float64, 1 fs, 20 steps .* max \|E\(t\) - E\(0\)\| = \d\.\d\de-\d+ eV/atom"),
 ]
 
 
