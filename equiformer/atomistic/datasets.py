@@ -238,6 +238,33 @@ def _emt_structure(kind: str, rng: np.random.Generator, max_strain: float) -> At
     return atoms
 
 
+def _trajectory_frames(
+    names: tuple[str, ...],
+    start: Callable[[str], Atoms],
+    calculator: Callable[[], Calculator],
+    properties: tuple[str, ...],
+    rng: np.random.Generator,
+    frames: int,
+    frames_per_trajectory: int,
+    rattle_A: float,
+    temperature_range_K: tuple[float, float],
+    md: dict,
+) -> Iterator[Atoms]:
+    """Labelled frames of Langevin trajectories: trajectory ``t`` starts from ``start(names[t %
+    len(names)])``, rattled, at a temperature drawn from the range; every frame is labelled by a
+    fresh ``calculator()``, so a label is exactly what anyone re-evaluating that frame gets."""
+    for trajectory in range(math.ceil(frames / frames_per_trajectory)):
+        name = names[trajectory % len(names)]
+        atoms = start(name)
+        atoms.rattle(stdev=rattle_A, rng=rng)
+        temperature = float(rng.uniform(*temperature_range_K))
+        atoms.calc = calculator()
+        count = min(frames_per_trajectory, frames - trajectory * frames_per_trajectory)
+        for snapshot in _md_snapshots(atoms, rng, temperature_K=temperature, count=count, **md):
+            info = {"config_type": name, "md_temperature_K": temperature}
+            yield _labelled(snapshot, calculator(), properties, info)
+
+
 def make_emt_dataset(
     path: str | os.PathLike[str],
     frames: int,
@@ -278,24 +305,13 @@ def make_emt_dataset(
         raise ValueError(f"kinds must be a non-empty selection of {EMT_KINDS}, got {kinds}")
     rng = _rng(seed, stream)
 
-    def generate() -> Iterator[Atoms]:
-        for trajectory in range(math.ceil(frames / frames_per_trajectory)):
-            kind = kinds[trajectory % len(kinds)]
-            atoms = _emt_structure(kind, rng, max_strain)
-            atoms.rattle(stdev=rattle_A, rng=rng)
-            temperature = float(rng.uniform(t_low, t_high))
-            atoms.calc = EMT()
-            count = min(frames_per_trajectory, frames - trajectory * frames_per_trajectory)
-            for snapshot in _md_snapshots(
-                atoms, rng, temperature_K=temperature, timestep_fs=timestep_fs,
-                friction_per_fs=friction_per_fs, equilibration_steps=equilibration_steps,
-                stride=stride, count=count,
-            ):
-                info = {"config_type": kind, "md_temperature_K": temperature}
-                # a fresh EMT per frame: the label is then exactly what anyone re-evaluating gets
-                yield _labelled(snapshot, EMT(), ("energy", "forces", "stress"), info)
+    md = dict(timestep_fs=timestep_fs, friction_per_fs=friction_per_fs, equilibration_steps=equilibration_steps, stride=stride)
+    generate = _trajectory_frames(
+        kinds, lambda kind: _emt_structure(kind, rng, max_strain), EMT, ("energy", "forces", "stress"),
+        rng, frames, frames_per_trajectory, rattle_A, (t_low, t_high), md,
+    )
 
-    return _write_frames(path, generate(), frames, _Progress("emt", frames, progress))
+    return _write_frames(path, generate, frames, _Progress("emt", frames, progress))
 
 
 # ---------------------------------------------------------------------------------------- xTB
@@ -367,24 +383,13 @@ def make_xtb_dataset(
     def calculator() -> Calculator:
         return tblite_calculator(method=method, verbosity=0)  # verbosity 0: no SCF printout on stdout
 
-    def generate() -> Iterator[Atoms]:
-        for trajectory in range(math.ceil(frames / frames_per_trajectory)):
-            name = molecules[trajectory % len(molecules)]
-            atoms = molecule(name)
-            atoms.rattle(stdev=rattle_A, rng=rng)
-            temperature = float(rng.uniform(t_low, t_high))
-            atoms.calc = calculator()
-            count = min(frames_per_trajectory, frames - trajectory * frames_per_trajectory)
-            for snapshot in _md_snapshots(
-                atoms, rng, temperature_K=temperature, timestep_fs=timestep_fs,
-                friction_per_fs=friction_per_fs, equilibration_steps=equilibration_steps,
-                stride=stride, count=count,
-            ):
-                info = {"config_type": name, "md_temperature_K": temperature}
-                yield _labelled(snapshot, calculator(), ("energy", "forces"), info)
+    md = dict(timestep_fs=timestep_fs, friction_per_fs=friction_per_fs, equilibration_steps=equilibration_steps, stride=stride)
+    generate = _trajectory_frames(
+        molecules, molecule, calculator, ("energy", "forces"), rng, frames, frames_per_trajectory, rattle_A, (t_low, t_high), md,
+    )
 
     with _openmp_threads(threads):
-        return _write_frames(path, generate(), frames, _Progress("xtb", frames, progress))
+        return _write_frames(path, generate, frames, _Progress("xtb", frames, progress))
 
 
 # ------------------------------------------------------------------------------- command line
