@@ -28,15 +28,6 @@ CUTOFF = 3.0
 ELEMENTS = (1, 6, 8, 29)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a shared machine a second intra-op thread costs more than it gives.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_potential(seed: int = 0) -> Potential:
     """A tiny float64 potential with every weight moved off its initial value, nonzero ref / scale."""
     torch.manual_seed(seed)

@@ -24,15 +24,6 @@ ELEMENTS = (1, 6, 8, 29)
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a shared machine a second intra-op thread costs more than it gives.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_potential(dtype: torch.dtype = F64, seed: int = 0, **keywords) -> Potential:
     """A tiny potential with every weight moved off its initial value and nonzero ref / scale."""
     torch.manual_seed(seed)
