@@ -118,6 +118,7 @@ class EquiformerConfig:
     edge_chunk_size: int | None = None
     check_inputs: bool = True
     smooth_cutoff: bool = False
+    mmax: int | None = None
 
     def __post_init__(self) -> None:
         # check the values as given (so messages show them as given), then store their plain form
@@ -222,7 +223,9 @@ def _check(config: EquiformerConfig) -> None:
     slope = config.attn_leakyrelu_slope
     if not _is_real(slope) or not math.isfinite(slope):
         raise ValueError(f"attn_leakyrelu_slope must be a finite number, got {slope!r}")
-    EdgeLayout.for_tensor_product(config.tensor_product)  # the layout's owner checks the name
+    _check_int(config, "mmax", 0, optional=True)
+    # the layout's owner checks the name, and that a truncating mmax has an edge frame to act in
+    EdgeLayout.for_tensor_product(config.tensor_product, mmax=config.mmax, lmax=config.num_degrees - 1)
 
     # combinations
     if config.num_edge_tokens is not None and not config.edge_dim:

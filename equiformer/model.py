@@ -91,7 +91,10 @@ class Equiformer(nn.Module):
     checkpoints: the norms divide degree l > 0 features by ``sqrt(mean square + 1)`` instead of
     ``sqrt(mean square + 1e-6)``, so they never amplify: inputs from neighbours near
     ``valid_radius`` fade with the envelope and outputs are smooth (C2) across the cutoff;
-    potentials turn it on).  The arguments are checked, and kept, as an
+    potentials turn it on), ``mmax`` (default None, every order: with ``tensor_product="so2"``
+    the edge frames keep orders ``|m| <= mmax`` only, as eSCN and EquiformerV2 do; exactly
+    equivariant, and the cost of an edge layer then grows about as ``L^2 mmax`` instead of
+    ``L^3``).  The arguments are checked, and kept, as an
     ``EquiformerConfig`` (``equiformer.config``): ``model.config`` is that frozen object,
     ``model.config.to_dict()`` its plain-dict form for checkpoints, and ``Equiformer.from_config``
     rebuilds a model from either (or from a dict saved by an earlier version).
@@ -141,6 +144,7 @@ class Equiformer(nn.Module):
         edge_chunk_size: int | None = None,
         check_inputs: bool = True,
         smooth_cutoff: bool = False,
+        mmax: int | None = None,
     ):
         # the settings are checked (and warned about) by EquiformerConfig, the one owner of them;
         # the body reads them from it in their plain form, never the arguments as given
@@ -183,7 +187,7 @@ class Equiformer(nn.Module):
         self.radial_trunk = RadialTrunk(c.num_radial_basis + self.edge_dim + hop_dim, c.radial_hidden_dim)
 
         # one layout object for every edge layer and the geometry: the tensor product decides it once
-        self.edge_layout = EdgeLayout.for_tensor_product(c.tensor_product, c.reflection_equivariance)
+        self.edge_layout = EdgeLayout.for_tensor_product(c.tensor_product, c.reflection_equivariance, c.mmax, c.num_degrees - 1)
         self.input_embedding = InputEmbedding(self.dim_in, self.dim, c.radial_hidden_dim, edge_layout=self.edge_layout)
         attention_class = L2DistanceAttention if c.l2_dist_attention else MLPAttention
         extra = {} if c.l2_dist_attention else dict(

@@ -73,6 +73,9 @@ CONSTRUCTOR_CASES = {
     "num_linear_attn_heads_negative": (dict(num_linear_attn_heads=-1), ValueError, ["num_linear_attn_heads", "-1"]),
     "ff_mult_zero": (dict(ff_mult=0), ValueError, ["ff_mult", ">= 1"]),
     "tensor_product_unknown": (dict(tensor_product="fft"), ValueError, ["tensor_product", "'so2'", "'fft'"]),
+    "mmax_negative": (dict(mmax=-1), ValueError, ["mmax", ">= 0", "-1"]),
+    "mmax_float": (dict(mmax=1.0), TypeError, ["mmax", "1.0"]),
+    "mmax_with_cg": (dict(num_degrees=3, mmax=1, tensor_product="cg"), ValueError, ["mmax=1", "tensor_product='so2'", "'cg'"]),
     "embedding_grad_frac_above_one": (dict(embedding_grad_frac=1.5), ValueError, ["embedding_grad_frac", "[0, 1]", "1.5"]),
     "attn_leakyrelu_slope_nan": (dict(attn_leakyrelu_slope=math.nan), ValueError, ["attn_leakyrelu_slope", "nan"]),
     "edge_chunk_size_zero": (dict(edge_chunk_size=0), ValueError, ["edge_chunk_size", "0"]),
@@ -236,8 +239,8 @@ def test_from_config_takes_a_dict_saved_by_an_earlier_version():
     assert model.config == EquiformerConfig.from_dict(record["config"])
     saved = {k: list(v) if isinstance(v, tuple) else v for k, v in record["config"].items()}
     # settings added since keep their defaults, which reproduce the earlier numerics
-    assert set(model.config.to_dict()) - set(saved) == {"smooth_cutoff"}
-    assert model.config.to_dict() == {**saved, "smooth_cutoff": False}
+    assert set(model.config.to_dict()) - set(saved) == {"smooth_cutoff", "mmax"}
+    assert model.config.to_dict() == {**saved, "smooth_cutoff": False, "mmax": None}
 
 
 # ---------------------------------------------------------------------------------- checks

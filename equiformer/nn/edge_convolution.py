@@ -25,8 +25,10 @@ class EdgeConvolution(nn.Module):
         self.edge_layout = edge_layout
         self.fiber_in, self.fiber_out = tuple(fiber_in), tuple(fiber_out)
         self.in_edge_frames = edge_layout.in_edge_frames
-        klass = SO2Convolution if self.in_edge_frames else CGConvolution
-        self.inner = klass(fiber_in, fiber_out, reflection=edge_layout.reflection)
+        if self.in_edge_frames:
+            self.inner = SO2Convolution(fiber_in, fiber_out, reflection=edge_layout.reflection, mmax=edge_layout.mmax)
+        else:
+            self.inner = CGConvolution(fiber_in, fiber_out, reflection=edge_layout.reflection)
 
     def forward(self, x: Tensor, geometry: EdgeGeometry, scale: Tensor | None = None) -> Tensor:
         if self.in_edge_frames:

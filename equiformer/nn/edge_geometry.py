@@ -91,7 +91,14 @@ class EdgeGeometry:
         (the filter degrees a Clebsch-Gordan product of two degree-``lmax`` fibers needs)."""
         zero_length = ((vec * vec).sum(-1) == 0).nonzero().flatten()  # (Z,)
         if edge_layout.in_edge_frames:
-            return EdgeGeometry(graph, edge_layout, weight, edge_attr, zero_length, wigner=wigner_D(lmax, edge_to_axis_rotation(vec)))
+            wigner = wigner_D(lmax, edge_to_axis_rotation(vec))
+            mmax = edge_layout.mmax
+            if mmax is not None and zero_length.numel():
+                # an edge without a direction has the identity frame, in which dropping orders
+                # |m| > mmax would not be equivariant: there it keeps whole degrees l <= mmax only
+                keep = vec.new_ones(vec.shape[0]).index_fill(0, zero_length, 0.0)[:, None, None]  # (E, 1, 1)
+                wigner = wigner[: mmax + 1] + [w * keep for w in wigner[mmax + 1 :]]
+            return EdgeGeometry(graph, edge_layout, weight, edge_attr, zero_length, wigner=wigner)
         return EdgeGeometry(graph, edge_layout, weight, edge_attr, zero_length, sh=spherical_harmonics(2 * lmax, vec))
 
     # --- the graph's fields, read by layers through the one object they are handed
@@ -150,67 +157,67 @@ class EdgeGeometry:
         """The same geometry with an empty cache of rotation matrices."""
         return replace(self)
 
-    def _rotation_block(self, start: int, stop: int, row_order: tuple[int, ...] | None = None, scalar_rows: int = 0) -> Tensor:
-        """Block-diagonal Wigner matrices for degrees ``start..stop-1`` (rows optionally permuted
-        to the order-major layout), after ``scalar_rows`` identity rows; built once per forward.
-        One matrix is kept per degree range, with the most identity rows asked for so far: fewer
-        are a view of its lower-right corner (no second copy of the Wigner entries)."""
-        key = (start, stop, row_order is not None)
-        rows = sum(2 * l + 1 for l in range(start, stop))
+    def _rotation_block(self, start: int, stop: int, rows: tuple[int, ...] | None = None, scalar_rows: int = 0) -> Tensor:
+        """Block-diagonal Wigner matrices for degrees ``start..stop-1``, ``(E, R', R)``: their
+        ``rows`` only (see ``EdgeLayout.rotation_rows``: permuted to the edge layout, dropped
+        orders left out; None for all, in order), after ``scalar_rows`` identity rows; built once
+        per forward.  One matrix is kept per degree range and row choice, with the most identity
+        rows asked for so far: fewer are a view of its lower-right corner (no second copy of the
+        Wigner entries)."""
+        key = (start, stop, rows)
+        width = sum(2 * l + 1 for l in range(start, stop))
         cached = self._blocks.get(key)
-        if cached is None or cached.shape[-1] - rows < scalar_rows:
+        if cached is None or cached.shape[-1] - width < scalar_rows:
             blocks = self.wigner[start:stop]
             edges = blocks[0].shape[0]
-            if len(blocks) == 1 and not scalar_rows and row_order is None:
+            if len(blocks) == 1 and not scalar_rows and rows is None:
                 self._blocks[key] = blocks[0]  # the Wigner block itself, no copy
                 return blocks[0]
             if scalar_rows:  # identity rows as 1 x 1 blocks of ones
                 blocks = [blocks[0].new_ones(edges, 1, 1)] * scalar_rows + list(blocks)
-            if row_order is None:
+            if rows is None:
                 cached = block_diagonal(blocks)  # (E, R, R)
-            else:  # the rows after the identity ones permuted, in the same pass
-                order = (*range(scalar_rows), *(r + scalar_rows for r in row_order))
-                cached = permuted_block_diagonal(blocks, order)  # (E, R, R)
+            else:  # the rows after the identity ones chosen and permuted, in the same pass
+                order = (*range(scalar_rows), *(r + scalar_rows for r in rows))
+                cached = permuted_block_diagonal(blocks, order)  # (E, R', R)
             self._blocks[key] = cached
-        skip = cached.shape[-1] - rows - scalar_rows
+        skip = cached.shape[-1] - width - scalar_rows
         return cached[:, skip:, skip:] if skip else cached
 
     def rotate(self, x: Tensor, fiber: Fiber, inverse: bool = False) -> Tensor:
-        """Flat features ``(E, F)`` into the edge frame, in ``edge_layout``'s layout (``inverse``:
-        back to the global frame, degree-major); the identity without frames (Clebsch-Gordan).
+        """Flat features into the edge frame: ``(E, F)`` degree-major -> ``(E, F_e)`` in
+        ``edge_layout``'s layout (``inverse``: back to the global frame, degree-major; orders
+        dropped by ``mmax`` come back as zeros); the identity without frames (Clebsch-Gordan).
 
         Degree 0 is untouched; each run of degrees with equal channel counts is one batched
-        matrix product with the block-diagonal Wigner matrix, ``(E, R, R) @ (E, R, C)``.  An
-        order-major fiber is one such run whose rows come out (and go back in) permuted to that
-        layout; if moreover ``C_0`` is a multiple of its channel count, degree 0 rides along as
+        matrix product with the block-diagonal Wigner matrix, ``(E, R', R) @ (E, R, C)``, whose
+        rows are those the edge layout keeps, in its order.  An order-major fiber is one such
+        run; if moreover ``C_0`` is a multiple of its channel count, degree 0 rides along as
         identity rows of the same product, so the whole rotation is one product over the unsplit
         features (``_folded_rotation``).
         """
         if self.wigner is None or len(fiber) == 1:
             return x
-        lay = layout(fiber)
         edges = x.shape[0]
-        d = self._folded_rotation(fiber)
+        d = self._folded_rotation(fiber)  # (E, R', R)
         if d is not None:
             if inverse:
                 d = d.transpose(-1, -2)
-            return apply_rotation(d, x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, lay.size)
-        if self.edge_layout.order_major(fiber):
-            groups, row_order = [(1, len(fiber))], lay.row_order
-        else:
-            groups, row_order = lay.rotation_groups, None
-        sizes = [fiber[0]] + [lay.offsets[stop] - lay.offsets[start] for start, stop in groups]
-        pieces = x.split(sizes, dim=1)
+            return apply_rotation(d, x.reshape(edges, d.shape[-1], fiber[1])).reshape(edges, d.shape[-2] * fiber[1])
+        groups = [(1, len(fiber))] if self.edge_layout.order_major(fiber) else layout(fiber).rotation_groups
+        rotations = []
+        for start, stop in groups:
+            d = self._rotation_block(start, stop, self.edge_layout.rotation_rows(fiber, start, stop))  # (E, R', R)
+            rotations.append(d.transpose(-1, -2) if inverse else d)
+        pieces = x.split([fiber[0]] + [d.shape[-1] * fiber[start] for d, (start, _) in zip(rotations, groups)], dim=1)
         parts = [pieces[0]]
-        for (start, stop), block, size in zip(groups, pieces[1:], sizes[1:]):
-            d = self._rotation_block(start, stop, row_order)  # (E, R, R)
-            if inverse:
-                d = d.transpose(-1, -2)
-            parts.append(apply_rotation(d, block.view(edges, size // fiber[start], fiber[start])).reshape(edges, size))
-        return torch.cat(parts, dim=-1)  # (E, F)
+        for d, (start, _), block in zip(rotations, groups, pieces[1:]):
+            channels = fiber[start]
+            parts.append(apply_rotation(d, block.view(edges, d.shape[-1], channels)).reshape(edges, d.shape[-2] * channels))
+        return torch.cat(parts, dim=-1)  # (E, F_e), or (E, F) inverse
 
     def _folded_rotation(self, fiber: Fiber) -> Tensor | None:
-        """``(E, R, R)`` rotation of the whole fiber as one matrix when it is order-major and
+        """``(E, R', R)`` rotation of the whole fiber as one matrix when it is order-major and
         ``C_0`` a multiple of the shared l > 0 channel count C: degree 0 rides along as
         ``C_0 / C`` identity rows, so a rotation is one product with no split or concatenation
         (forward and backward), for ~(R + C_0/C)^2 / R^2 the multiply-adds.  Else None."""
@@ -218,42 +225,40 @@ class EdgeGeometry:
             return None
         if not (self.edge_layout.order_major(fiber) and fiber[0] % fiber[1] == 0):
             return None
-        return self._rotation_block(1, len(fiber), layout(fiber).row_order, fiber[0] // fiber[1])
+        rows = self.edge_layout.rotation_rows(fiber, 1, len(fiber))
+        return self._rotation_block(1, len(fiber), rows, fiber[0] // fiber[1])
 
     def _dense_rotation(self, fiber: Fiber) -> Tensor | None:
         """For a regular graph (``neighbors``) and a fiber rotated as one product: the rotations
-        into the edge frames of every receiver's edges stacked, ``(N, k R, R)`` (a view), else None."""
+        into the edge frames of every receiver's edges stacked, ``(N, k R', R)`` (a view), else None."""
         if self.neighbors is None or self.chunked:
             return None
-        d = self._folded_rotation(fiber)  # (E, R, R)
+        d = self._folded_rotation(fiber)  # (E, R', R)
         if d is None or not d.is_contiguous():
             return None
-        rows = d.shape[-1]
-        return d.view(self.num_nodes, self.neighbors * rows, rows)
+        return d.view(self.num_nodes, self.neighbors * d.shape[-2], d.shape[-1])
 
     def rotate_receivers(self, x: Tensor, fiber: Fiber, plus: Tensor | None = None) -> Tensor:
-        """Node features ``(N, F)`` of every edge's receiver in that edge's frame: ``(E, F)``,
+        """Node features ``(N, F)`` of every edge's receiver in that edge's frame: ``(E, F_e)``,
         plus the edge-frame tensor ``plus`` if given.  On a regular graph one
-        ``(N, k R, R) @ (N, R, C)`` product, without gathering ``x``; the sum is part of it."""
+        ``(N, k R', R) @ (N, R, C)`` product, without gathering ``x``; the sum is part of it."""
         d = self._dense_rotation(fiber)
         if d is None:
             rotated = self.rotate(x.index_select(0, self.dst), fiber)
             return rotated if plus is None else plus + rotated
-        rows = d.shape[-1]
-        x = x.reshape(self.num_nodes, rows, -1)  # (N, R, C)
+        x = x.reshape(self.num_nodes, d.shape[-1], -1)  # (N, R, C)
         if plus is None:
             return torch.bmm(d, x).view(self.num_edges, -1)
         return torch.baddbmm(plus.reshape(self.num_nodes, d.shape[1], -1), d, x).view(self.num_edges, -1)
 
     def aggregate(self, x: Tensor, fiber: Fiber) -> Tensor:
-        """Edge-frame features ``(E, F)`` rotated back to the global frame and summed over each
-        receiver's edges: ``(N, F)``.  On a regular graph one ``(N, R, k R) @ (N, k R, C)``
+        """Edge-frame features ``(E, F_e)`` rotated back to the global frame and summed over each
+        receiver's edges: ``(N, F)``.  On a regular graph one ``(N, R, k R') @ (N, k R', C)``
         product, which also does the sum."""
         d = self._dense_rotation(fiber)
         if d is None:
             return segment_sum(self.rotate(x, fiber, inverse=True), self.dst, self.num_nodes)
-        rows = d.shape[-1]
-        out = torch.bmm(d.transpose(1, 2), x.reshape(self.num_nodes, self.neighbors * rows, -1))  # (N, R, C)
+        out = torch.bmm(d.transpose(1, 2), x.reshape(self.num_nodes, d.shape[1], -1))  # (N, R, C)
         return out.view(self.num_nodes, -1)
 
     # --- plumbing for reversible blocks, which must hand every differentiable input to autograd

@@ -43,13 +43,15 @@ class FiberLayout:
             self.offsets.append(self.offsets[-1] + (2 * l + 1) * c)
         self.size = self.offsets[-1]
         self.channel_offsets = [sum(fiber[:l]) for l in range(len(fiber) + 1)]
-        channel, degree = [], []
+        channel, degree, order = [], [], []
         for l, c in enumerate(fiber):
-            for _ in range(2 * l + 1):
+            for m in range(-l, l + 1):
                 channel.extend(range(self.channel_offsets[l], self.channel_offsets[l] + c))
                 degree.extend([l] * c)
+                order.extend([abs(m)] * c)
         self.channel_index = torch.tensor(channel, device="cpu")  # (F,) flat position -> (degree, channel) slot
         self.degree_index = torch.tensor(degree, device="cpu")  # (F,) flat position -> degree
+        self.abs_order_index = torch.tensor(order, device="cpu")  # (F,) flat position -> |m|
         # runs of consecutive degrees >= 1 with equal channel counts: rotated with one bmm each
         self.rotation_groups: list[tuple[int, int]] = []
         for l in range(1, len(fiber)):
@@ -74,6 +76,20 @@ class FiberLayout:
         rows = [(l, m) for l in range(1, len(fiber)) for m in range(-l, l + 1)]
         order_rows = [(l, s * m) for m in range(len(fiber)) for s in ((1, -1) if m else (1,)) for l in range(max(m, 1), len(fiber))]
         self.row_order = tuple(rows.index(r) for r in order_rows)
+
+    def order_count(self, mmax: int) -> int:
+        """How many flat positions have order ``|m| <= mmax``: the length of the order-major
+        prefix that keeps those orders."""
+        return sum((2 * min(l, mmax) + 1) * c for l, c in enumerate(self.fiber))
+
+    def rows_up_to_order(self, start: int, stop: int, mmax: int) -> tuple[int, ...]:
+        """The rows (l, m) of degrees ``start..stop-1`` with ``|m| <= mmax``, as indices into
+        those degrees' stacked ``2l+1`` rows (degree-major order)."""
+        rows, first = [], 0
+        for l in range(start, stop):
+            rows.extend(first + l + m for m in range(-min(l, mmax), min(l, mmax) + 1))
+            first += 2 * l + 1
+        return tuple(rows)
 
     def split(self, x: Tensor) -> list[Tensor]:
         """Every degree as a ``(N, 2l+1, C_l)`` view.  ``torch.split`` rather than slicing: its

@@ -47,14 +47,25 @@ class SO2Convolution(nn.Module):
 
     With ``reflection=True`` the ``+m <-> -m`` mixing is dropped: exactly the tensor-product paths
     with ``l_in + l_filter + l_out`` even, which keep parity ``(-1)^l`` (E(3) equivariance).
+
+    ``mmax``: only orders ``|m| <= mmax`` are kept (eSCN, EquiformerV2); ``x`` and the output then
+    hold only those components (``EdgeLayout.width``).  Rows without a direction get the rotation
+    average of the map for degrees ``l <= mmax`` and zeros above (see ``EdgeGeometry.on_graph``).
     """
 
-    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, reflection: bool = False, dense: bool | None = None):
+    def __init__(
+        self, fiber_in: Fiber, fiber_out: Fiber, reflection: bool = False, dense: bool | None = None, mmax: int | None = None
+    ):
         super().__init__()
         self.fiber_in, self.fiber_out, self.reflection = tuple(fiber_in), tuple(fiber_out), reflection
+        lmax = max(len(fiber_in), len(fiber_out)) - 1
+        edge_layout = EdgeLayout.for_tensor_product("so2", reflection, mmax, lmax)  # the layout rotations produce
+        # orders computed: those both fibers have, and none that the layout drops
         self.mmax = min(len(fiber_in), len(fiber_out)) - 1
-        lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
-        edge_layout = EdgeLayout.for_tensor_product("so2", reflection)  # the layout rotations produce
+        if edge_layout.mmax is not None:
+            self.mmax = min(self.mmax, edge_layout.mmax)
+        lay_in = layout(self.fiber_in)
+        self.width_in, self.width_out = edge_layout.width(self.fiber_in), edge_layout.width(self.fiber_out)
         # the edge-layout slots of the order-major blocks (order-major layouts: no gathers needed)
         in_slots, self.in_sizes = _order_layout(self.fiber_in, self.mmax, edge_layout)
         out_slots, self.out_sizes = _order_layout(self.fiber_out, self.mmax, edge_layout)
@@ -77,20 +88,21 @@ class SO2Convolution(nn.Module):
         )
         # measured on CPU (forward + backward): one dense GEMM beats the per-order GEMMs and
         # gathers only while it does less than ~2.7x the exact flops
-        self.dense = dense if dense is not None else lay_in.size * lay_out.size <= 2.7 * exact
+        self.dense = dense if dense is not None else self.width_in * self.width_out <= 2.7 * exact
 
         # index buffers, all derived from the edge layout: the gather of the input's order blocks
         # (unused when order-major), the (degree, channel) of every input slot for the scale
         self.register_buffer("in_index", torch.tensor(in_slots, device="cpu"), persistent=False)
         self.register_buffer("scale_index", lay_in.channel_index[edge_layout.positions(self.fiber_in)], persistent=False)
         # per-order outputs -> output slots; components of order > mmax point at an extra zero column
-        inverse = torch.full((lay_out.size,), len(out_slots), dtype=torch.long, device="cpu")
+        inverse = torch.full((self.width_out,), len(out_slots), dtype=torch.long, device="cpu")
         inverse[torch.tensor(out_slots, device="cpu")] = torch.arange(len(out_slots), device="cpu")
         self.register_buffer("out_inverse", inverse, persistent=False)
-        # edge layout <-> degree-major, for the few rows handled without a frame
-        self.register_buffer("in_to_degree", edge_layout.slots(self.fiber_in), persistent=False)
+        # edge layout <-> degree-major, for the few rows handled without a frame: degrees up to
+        # mmax, which the edge layout keeps whole
+        self.register_buffer("in_to_degree", edge_layout.slots(self.fiber_in)[: lay_in.offsets[self.mmax + 1]], persistent=False)
         self.register_buffer("degree_to_out", edge_layout.positions(self.fiber_out), persistent=False)
-        self.register_buffer("dense_target", self._dense_targets(in_slots, out_slots, lay_out.size), persistent=False)
+        self.register_buffer("dense_target", self._dense_targets(in_slots, out_slots, self.width_out), persistent=False)
 
     def _dense_targets(self, in_slots: list[int], out_slots: list[int], f_out: int) -> Tensor:
         """Flat position in the dense ``(F_in, F_out)`` matrix (on edge-layout slots) of every
@@ -127,11 +139,10 @@ class SO2Convolution(nn.Module):
         return torch.cat(values)
 
     def dense_weight(self) -> Tensor:
-        """The whole map as one ``(F_in, F_out)`` matrix on edge-layout flat features."""
-        f_in, f_out = layout(self.fiber_in).size, layout(self.fiber_out).size
+        """The whole map as one ``(F_e_in, F_e_out)`` matrix on edge-layout flat features."""
         values = self._values()
-        dense = values.new_zeros(f_in * f_out).index_put((self.dense_target,), values)
-        return dense.view(f_in, f_out)
+        dense = values.new_zeros(self.width_in * self.width_out).index_put((self.dense_target,), values)
+        return dense.view(self.width_in, self.width_out)
 
     def prepare(self, x: Tensor, scale: Tensor | None) -> Tensor | list[Tensor]:
         """Scaled input in the form this convolution multiplies (shareable by convolutions of
@@ -161,7 +172,7 @@ class SO2Convolution(nn.Module):
         """Per-order outputs -> the edge layout of the output fiber."""
         edges = outputs[0].shape[0]
         if self.out_order_major:
-            missing = layout(self.fiber_out).size - sum(o.shape[1] for o in outputs)
+            missing = self.width_out - sum(o.shape[1] for o in outputs)
             return torch.cat(outputs + [outputs[0].new_zeros(edges, missing)] if missing else outputs, dim=-1)
         outputs = outputs + [outputs[0].new_zeros(edges, 1)]  # target of components with m > mmax
         return torch.cat(outputs, dim=-1).index_select(1, self.out_inverse)
@@ -207,15 +218,16 @@ class SO2Convolution(nn.Module):
         return weights
 
     def _isotropic(self, x: Tensor, scale: Tensor | None) -> Tensor:
-        """Rows without a direction (their frame is the identity): degree-wise averaged map.
-        ``x`` in the edge layout; the result too."""
+        """Rows without a direction (their frame is the identity): degree-wise averaged map of
+        degrees up to ``mmax``.  ``x`` in the edge layout; the result too."""
         lay_in, lay_out = layout(self.fiber_in), layout(self.fiber_out)
         if scale is not None:
             x = x * scale.index_select(1, self.scale_index)
-        x = x.index_select(1, self.in_to_degree)  # edge layout -> degree-major
-        degrees = lay_in.split(x)
+        x = x.index_select(1, self.in_to_degree)  # edge layout -> degree-major, degrees <= mmax
+        degrees = x.split(lay_in.block_sizes[: self.mmax + 1], dim=1)
         parts = []
         for l, w in enumerate(self.isotropic_weights()):
-            parts.append((degrees[l] @ w).reshape(x.shape[0], degrees[l].shape[1] * w.shape[1]))
+            block = degrees[l].view(x.shape[0], 2 * l + 1, self.fiber_in[l])
+            parts.append((block @ w).reshape(x.shape[0], (2 * l + 1) * w.shape[1]))
         parts.append(x.new_zeros(x.shape[0], lay_out.size - lay_out.offsets[self.mmax + 1]))
         return torch.cat(parts, dim=-1).index_select(1, self.degree_to_out)  # degree-major -> edge layout

@@ -38,6 +38,58 @@ def test_positions_and_slots_are_inverse_permutations(tensor_product, fiber, ord
     assert int(edge_layout.positions(fiber)[0]) >= 0
 
 
+@pytest.mark.parametrize("fiber", [(8, 4, 4, 4), (6, 4, 4, 4), (8, 6, 4, 4), (3, 2, 2)])
+@pytest.mark.parametrize("mmax", [0, 1, 2])
+def test_truncated_layout_keeps_exactly_the_low_orders(fiber, mmax):
+    edge_layout = EdgeLayout.for_tensor_product("so2", mmax=mmax, lmax=len(fiber) - 1)
+    lay = layout(fiber)
+    positions, slots = edge_layout.positions(fiber), edge_layout.slots(fiber)
+    keep = lay.abs_order_index <= mmax  # (F,) degree-major positions with |m| <= mmax
+    assert edge_layout.truncates(fiber) == (mmax < len(fiber) - 1)
+    assert edge_layout.width(fiber) == len(positions) == int(keep.sum())
+    assert torch.equal(positions.sort().values, keep.nonzero().flatten())  # each kept position once
+    assert torch.equal(slots[positions], torch.arange(len(positions)))
+    assert bool((slots[~keep] == -1).all())
+    if edge_layout.order_major(fiber):  # a prefix of the untruncated order-major layout
+        assert torch.equal(positions, lay.order_index[: len(positions)])
+    else:  # degree-major order
+        assert bool((positions.diff() > 0).all())
+
+
+def test_mmax_is_checked_and_dropped_where_it_truncates_nothing():
+    with pytest.raises(ValueError, match=r"mmax must be None or an integer >= 0, got -1"):
+        EdgeLayout.for_tensor_product("so2", mmax=-1)
+    with pytest.raises(ValueError, match=r"mmax=1 needs tensor_product='so2'.*got tensor_product='cg'"):
+        EdgeLayout.for_tensor_product("cg", mmax=1, lmax=2)
+    assert EdgeLayout.for_tensor_product("cg", mmax=2, lmax=2) == EdgeLayout.for_tensor_product("cg")
+    assert EdgeLayout.for_tensor_product("so2", mmax=1, lmax=2).mmax == 1
+
+
+@pytest.mark.parametrize("fiber", [(8, 4, 4, 4), (6, 4, 4, 4), (8, 6, 4, 4)])
+def test_truncated_rotation_is_the_full_rotation_restricted(fiber):
+    """rotate() with mmax gives the kept slots of the full rotation, and its inverse the full
+    inverse of those slots with zeros elsewhere (a transpose: the frames are orthogonal)."""
+    torch.manual_seed(0)
+    edges, lmax = 11, len(fiber) - 1
+    vec = torch.randn(edges, 3, dtype=torch.float64)
+    idx = torch.arange(edges)
+    full_layout = EdgeLayout.for_tensor_product("so2")
+    cut_layout = EdgeLayout.for_tensor_product("so2", mmax=1, lmax=lmax)
+
+    def geometry(edge_layout):
+        ones = torch.ones(edges, dtype=torch.float64)
+        return EdgeGeometry.build(vec, idx, idx, edges, idx, 1, ones, ones[:, None], lmax, edge_layout)
+
+    x = torch.randn(edges, layout(fiber).size, dtype=torch.float64)
+    full, cut = geometry(full_layout).rotate(x, fiber), geometry(cut_layout).rotate(x, fiber)
+    full_degree = full.index_select(1, full_layout.slots(fiber))  # edge frame, degree-major
+    assert torch.allclose(cut, full_degree.index_select(1, cut_layout.positions(fiber)), atol=1e-13)
+    back = geometry(cut_layout).rotate(cut, fiber, inverse=True)
+    kept_only = torch.zeros_like(full_degree).index_copy(1, cut_layout.positions(fiber), cut)
+    expected = geometry(full_layout).rotate(kept_only.index_select(1, full_layout.positions(fiber)), fiber, inverse=True)
+    assert torch.allclose(back, expected, atol=1e-13)
+
+
 @pytest.mark.parametrize("tensor_product", TENSOR_PRODUCTS)
 def test_every_edge_layer_of_a_model_holds_the_models_layout(tensor_product):
     model = make_model(tensor_product=tensor_product, reflection_equivariance=True, l2_dist_attention=False)
