@@ -138,8 +138,13 @@ class _GraphAttention(ExactConstants):
         alpha, alpha_self = segment_softmax(
             logits, geometry.dst, geometry.num_nodes, geometry.weight, self_logits, geometry.neighbors
         )
-        weighted = self._per_head(values, alpha, edge_frame=True)  # (E, F_heads)
+        weighted = self.weighted_values(values, alpha)  # (E, F_heads)
         return geometry.aggregate(weighted, self.head_fiber), alpha_self
+
+    def weighted_values(self, values: Tensor, alpha: Tensor) -> Tensor:
+        """``edge_messages``' values weighted by the attention ``alpha`` (E, sum H): (E, F_heads)
+        in the edge frame."""
+        return self._per_head(values, alpha, edge_frame=True)
 
     def _per_head(self, values: Tensor, alpha: Tensor, edge_frame: bool) -> Tensor:
         """values (R, F_V) weighted by alpha (R, sum H) -> (R, F_heads), in the edge-frame layout
@@ -194,6 +199,15 @@ class MLPAttention(_GraphAttention):
         if self.attend_self:
             self.self_in = EquivariantLinear(self.fiber, self.mid_fiber)
         self._register_node_order()
+        # values with one head per channel group: the edge gate and the attention weights meet
+        # on the small gate tensor, so the wide values are multiplied once (see weighted_values)
+        self.fused_weighting = not self.single_headed_kv
+        if self.fused_weighting:
+            first = [sum(self.heads[:l]) for l in range(len(self.heads))]
+            head_of = [first[l] + c // d for l, d in enumerate(self.dim_head) for c in range(self.value_fiber[l])]
+            head_of = torch.tensor(head_of, device="cpu")  # (sum C,) head of every (degree, channel)
+            self.register_buffer("scalar_head", head_of[: self.value_fiber[0]], persistent=False)  # (C_0,)
+            self.register_buffer("gate_head", head_of[self.value_fiber[0] :], persistent=False)  # (G,)
 
     def _split(self, mid: Tensor, gate: Gate) -> tuple[Tensor, Tensor]:
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
@@ -204,7 +218,20 @@ class MLPAttention(_GraphAttention):
         mid = self.conv(self.edge_input(nodes, geometry), geometry, self.radial(geometry.edge_attr))
         hidden, gated = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
         logits = self.to_logits(F.leaky_relu(hidden.contiguous(), self.leaky_slope))  # see Gate
-        return logits, self.edge_gate(gated)
+        return logits, (gated if self.fused_weighting else self.edge_gate(gated))  # gated later if fused
+
+    def weighted_values(self, values: Tensor, alpha: Tensor) -> Tensor:
+        """``alpha * gate(values)`` as ``[silu(s) * alpha_s | x * (sigmoid(g) * alpha_g)]``: the
+        per-head weights multiply the (E, C_0) scalars and the (E, G) gate factors, not the
+        (E, F) values (two fewer passes over them, forward and backward)."""
+        if not self.fused_weighting:
+            return super().weighted_values(values, alpha)
+        c0, g = self.value_fiber[0], self.edge_gate.num_gates
+        scalars, gates, rest = values.split([c0, g, values.shape[1] - c0 - g], dim=1)
+        alpha = alpha.to(values.dtype)
+        scalars = F.silu(scalars.contiguous()) * alpha.index_select(1, self.scalar_head)  # (E, C_0)
+        factors = torch.sigmoid(gates.contiguous()) * alpha.index_select(1, self.gate_head)  # (E, G)
+        return torch.cat([scalars, rest * self.edge_gate.expand(factors)], dim=-1)  # (E, F_heads)
 
     def node_linears(self) -> list[EquivariantLinear]:
         return super().node_linears() + ([self.self_in] if self.attend_self else [])
