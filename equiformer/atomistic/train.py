@@ -43,7 +43,6 @@ from ..training.config import (
     Settings,
     SetupError,
     add_settings_arguments,
-    resolve_resume,
     setting,
 )
 from ..training.data import BatchOrder
@@ -52,24 +51,19 @@ from ..training.distributed import (
     barrier,
     context_from_env,
     gather_digests,
-    init_process_group,
-    shutdown,
 )
 from ..training.extras import missing_extras, missing_extras_message
-from ..training.interrupt import StopRequest
-from ..training.loop import TrainingDiverged
-from ..training.metrics import CURVES_NAME, MetricsLog
-from ..training.optim import build_optimizer, build_scheduler
-from ..training.run import (
+from ..training.launch import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    check_out_folder,
+    exit_status,
+    open_run,
     pick_device,
-    prepare_out_folder,
-    restore_states,
-    seed_everything,
+    run_session,
 )
+from ..training.metrics import CURVES_NAME, MetricsLog
+from ..training.optim import build_optimizer, build_scheduler
+from ..training.run import prepare_out_folder, restore_states, seed_everything
 from .plots import plot_curves
 from .potential import Potential
 from .structures import (
@@ -282,48 +276,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(missing_extras_message(missing, PROGRAM, INSTALL_HINT), file=sys.stderr)
         return EXIT_FAILED
     explicit = parse_args(argv)
-    try:
-        return train(explicit)
-    except (ConfigError, SetupError) as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    return exit_status(PROGRAM, lambda: train(explicit))
 
 
 def train(explicit: dict[str, Any]) -> int:
     """Train with the given settings (``PotentialTrainConfig`` field names); returns the exit status."""
     ctx = context_from_env()
-    checkpoint = None
-    if explicit.get("resume"):
-        path = Path(explicit.get("out", PotentialTrainConfig.out)) / CHECKPOINT_NAME
-        checkpoint = load_checkpoint(path, PROGRAM, CHECKPOINT_KEYS, CHECKPOINT_TYPES)
-        config = resolve_resume(checkpoint["config"], explicit, str(path), PotentialTrainConfig)
-    else:
-        config = PotentialTrainConfig.from_dict(explicit)
-        if not config.data:
-            raise ConfigError("--data FILE is required: the training frames (extended XYZ)")
-        existing = Path(config.out) / CHECKPOINT_NAME
-        if existing.exists() and not config.overwrite:
-            raise SetupError(f"{existing} exists: pass --resume to continue that run, --overwrite "
-                             "to start again, or another --out")
-    check_out_folder(Path(config.out))
+    config, checkpoint = open_run(explicit, PotentialTrainConfig, load_run_checkpoint, fresh_config)
     device = pick_device(config.device, ctx)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    init_process_group(ctx, device)
-    try:
-        session = build_session(config, ctx, device, checkpoint)
-        with StopRequest() as stop:
-            status = fit(session, stop)
-        return report(session, status)
-    finally:
-        shutdown(ctx)
-        torch.set_num_threads(threads)
+    return run_session(config, ctx, device, lambda: build_session(config, ctx, device, checkpoint),
+                       fit, report)
+
+
+def load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """This trainer's checkpoint at ``path`` (one of another program is refused)."""
+    return load_checkpoint(path, PROGRAM, CHECKPOINT_KEYS, CHECKPOINT_TYPES)
+
+
+def fresh_config(explicit: dict[str, Any]) -> PotentialTrainConfig:
+    """A new run's settings; it needs training data."""
+    config = PotentialTrainConfig.from_dict(explicit)
+    if not config.data:
+        raise ConfigError("--data FILE is required: the training frames (extended XYZ)")
+    return config
 
 
 def load_data(config: PotentialTrainConfig) -> tuple[Structures, Structures]:

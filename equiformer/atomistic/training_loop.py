@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,9 @@ from torch import Tensor, nn
 
 from ..training.data import BatchOrder
 from ..training.distributed import DistContext, all_reduce_sum, sum_gradients
+from ..training.fit import Plan, Step, TrainWindow, loop_state
+from ..training.fit import fit as fit_task
 from ..training.interrupt import StopRequest
-from ..training.loop import (
-    TrainingDiverged,
-    TrainWindow,
-    save,
-    save_timed,
-    write_train_record,
-)
 from ..training.metrics import CURVES_NAME, MetricsLog
 from .plots import plot_parity
 from .potential import Potential
@@ -103,23 +97,8 @@ class Session:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The resumable state, as tensors and primitives only (``weights_only`` loads it)."""
-        return {
-            "program": PROGRAM,
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "elements": list(self.model.elements),
-            "world_size": self.ctx.world_size,
-            "data_fingerprint": self.data_fingerprint,
-            "valid_fingerprint": self.valid_fingerprint,
-            "elapsed": self.elapsed,
-            "model": self.model.state_dict(),
-            "ema": self.ema.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "order": self.order.state_dict(),
-            "train_window": self.window.state_dict(),
-            "validation_due": self.validation_due,
-        }
+        return {"program": PROGRAM, **loop_state(self, self.model), "elements": list(self.model.elements),
+                "valid_fingerprint": self.valid_fingerprint, "ema": self.ema.module.state_dict()}
 
     def say(self, message: str) -> None:
         if self.ctx.is_main:
@@ -293,6 +272,33 @@ def validate(session: Session) -> dict[str, float]:
 # ---------------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class PotentialTask:
+    """Training a potential as ``equiformer.training.fit``'s task."""
+
+    session: Session
+
+    @property
+    def plan(self) -> Plan:
+        config = self.session.config
+        return Plan(steps=config.steps, end=config.steps, log_every=config.log_every,
+                    validate_every=config.valid_every, save_every=config.save_every,
+                    diverged_hint="lower --lr, or check the data",
+                    max_seconds=config.max_time * 60 if config.max_time > 0 else math.inf)
+
+    def train_step(self) -> Step:
+        sums, counts, grad_norm = train_step(self.session)
+        config = self.session.config
+        return Step(sums, grad_norm, lambda totals: float(weighted_loss(totals, counts, config)))
+
+    def validate(self) -> None:
+        validate(self.session)
+
+    def record_line(self, mean: float, lr: float) -> str:
+        session = self.session
+        return f"step {session.step}/{session.config.steps}: training loss {mean:.5g}, lr {lr:.3g}"
+
+
 def fit(session: Session, stop: StopRequest) -> str:
     """Train to ``--steps``, or until ``--max-time`` runs out; returns finished, stopped or interrupted.
 
@@ -300,44 +306,6 @@ def fit(session: Session, stop: StopRequest) -> str:
     ``--resume`` continues a stopped run to ``--steps``).  A stop request (Ctrl-C, SIGTERM)
     saves a checkpoint after the current step and skips its validation, which then runs first
     on ``--resume`` (status interrupted).  Every rank takes part in every decision: the signal
-    and the clock are summed over ranks with the step's losses.
+    and the clock are summed over ranks with the step's losses (``equiformer.training.fit``).
     """
-    config, ctx = session.config, session.ctx
-    max_seconds = config.max_time * 60 if config.max_time > 0 else math.inf
-    if session.validation_due:  # skipped when the run was interrupted at this step
-        validate(session)
-        save(session)  # no longer due: a kill before the next checkpoint must not redo it
-    began = started = time.perf_counter()
-    while session.step < config.steps:
-        lr = session.optimizer.param_groups[0]["lr"]
-        step_start = time.perf_counter()
-        sums, counts, grad_norm = train_step(session)
-        session.step += 1
-        timed_out = time.perf_counter() - began >= max_seconds
-        # one collective: the losses' sums, whether any rank was signalled or is out of time
-        flags = sums.new_tensor([float(stop.requested), float(timed_out)])
-        totals = all_reduce_sum(torch.cat([sums, flags]), ctx).cpu()  # (5,)
-        loss = float(weighted_loss(totals[:3], counts, config))
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"training loss is {loss} at step {session.step}: lower --lr, or "
-                                   "check the data; this step was not saved")
-        session.window.add(loss, time.perf_counter() - step_start)
-        last = session.step == config.steps
-        interrupted = bool(totals[3] > 0) and not last
-        out_of_time = bool(totals[4] > 0) and not last and not interrupted
-        full_record = session.step % config.log_every == 0 or last
-        if full_record or interrupted or out_of_time:
-            mean = session.window.loss_sum / session.window.steps
-            write_train_record(session, lr, float(grad_norm), started, partial=not full_record)
-            session.say(f"step {session.step}/{config.steps}: training loss {mean:.5g}, lr {lr:.3g}")
-        session.validation_due = session.step % config.valid_every == 0 or last or out_of_time
-        if session.validation_due and not interrupted:
-            validate(session)
-        if interrupted or last or out_of_time or session.step % config.save_every == 0:
-            started = save_timed(session, started)
-        if interrupted:
-            return "interrupted"
-        if out_of_time:
-            return "stopped"
-    return "finished"
-
+    return fit_task(PotentialTask(session), stop)

@@ -1,4 +1,4 @@
-"""The training loop: optimizer steps, periodic validation and checkpoints, stopping cleanly.
+"""Denoising's training step, validation and session, run by the shared loop (``fit``).
 
 One optimizer step consumes one *global* batch (``batch_size x accumulate x world_size``
 chains) drawn by ``BatchOrder``; rank r takes its own slice of each micro-batch, and the loss
@@ -11,44 +11,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..data import Backbone
-from .checkpoint import CHECKPOINT_NAME, save_checkpoint
 from .config import TrainConfig
 from .data import BatchOrder, NoisyBatch, make_batch
-from .distributed import DistContext, all_reduce_sum, barrier
+from .distributed import DistContext
+from .fit import Plan, Step, TrainWindow, loop_state
+from .fit import fit as fit_task
 from .interrupt import StopRequest
 from .metrics import CURVES_NAME, MetricsLog
 from .objective import denoise, squared_deviation
 from .validation import ValidationResult, evaluate, write_example
-
-
-@dataclass
-class TrainWindow:
-    """Sum of the per-step training losses and seconds since the last ``train`` record."""
-
-    loss_sum: float = 0.0
-    steps: int = 0
-    seconds: float = 0.0
-
-    def add(self, loss: float, seconds: float) -> None:
-        self.loss_sum += loss
-        self.steps += 1
-        self.seconds += seconds
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_state(cls, state: dict) -> "TrainWindow":
-        return cls(float(state["loss_sum"]), int(state["steps"]), float(state["seconds"]))
 
 
 @dataclass
@@ -85,20 +63,7 @@ class Session:
 
     def checkpoint_state(self) -> dict:
         """The resumable state, as tensors and primitives only."""
-        return {
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "world_size": self.ctx.world_size,
-            "data_fingerprint": self.data_fingerprint,
-            "val_fingerprint": self.val_fingerprint,
-            "elapsed": self.elapsed,
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "order": self.order.state_dict(),
-            "train_window": self.window.state_dict(),
-            "validation_due": self.validation_due,
-        }
+        return {**loop_state(self, self.module), "val_fingerprint": self.val_fingerprint}
 
     def say(self, message: str) -> None:
         """Print on rank 0 without breaking the progress bar."""
@@ -106,28 +71,6 @@ class Session:
             from tqdm import tqdm
 
             tqdm.write(message)
-
-
-class RunState(Protocol):
-    """What ``save``, ``save_timed`` and ``write_train_record`` use of a session: ``Session``
-    here, and the atomistic trainer's session (``equiformer.atomistic.training_loop``)."""
-
-    ctx: DistContext
-    out: Path
-    metrics: MetricsLog
-    step: int
-    elapsed: float
-    window: TrainWindow
-    order: BatchOrder
-
-    def checkpoint_state(self) -> dict: ...
-
-
-def save(session: RunState) -> None:
-    """Rank 0 writes the checkpoint; the barrier keeps ranks from exiting before it is done."""
-    if session.ctx.is_main:
-        save_checkpoint(session.out / CHECKPOINT_NAME, session.checkpoint_state())
-    barrier(session.ctx)
 
 
 def train_step(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,94 +116,38 @@ def validate(session: Session) -> ValidationResult:
     return result
 
 
-def write_train_record(session: RunState, lr: float, grad_norm: float, started: float,
-                       partial: bool = False) -> None:
-    """The mean training loss of the window; a full record starts a new window.
+@dataclass
+class DenoiseTask:
+    """Denoising as ``fit``'s task.  It calls this module's ``train_step`` and ``validate``
+    by name, so that tests can wrap them."""
 
-    A ``partial`` record (a stop or an interrupt between ``--log-every`` steps) keeps the
-    window going: a resumed run drops the record and logs the full one at the usual step.
-    """
-    window = session.window
-    extra = {"partial": True} if partial else {}
-    session.metrics.write(
-        kind="train", step=session.step, loss=window.loss_sum / window.steps, lr=lr,
-        grad_norm=grad_norm, steps_per_s=window.steps / max(window.seconds, 1e-9),
-        elapsed_s=session.elapsed + time.perf_counter() - started,
-        epoch=session.order.epoch, **extra,
-    )
-    if not partial:
-        session.window = TrainWindow()
+    session: Session
 
+    @property
+    def plan(self) -> Plan:
+        config, ctx = self.session.config, self.session.ctx
+        return Plan(
+            steps=config.steps,
+            end=min(config.steps, config.stop_at_step) if config.stop_at_step else config.steps,
+            log_every=config.log_every, validate_every=config.val_every,
+            save_every=config.checkpoint_every,
+            diverged_hint="lower --lr (or --noise), or check the data",
+            bar="denoise" if ctx.is_main and config.progress else None,
+        )
 
-def save_timed(session: RunState, started: float) -> float:
-    """``save`` with the run time since ``started`` added; returns the new start."""
-    now = time.perf_counter()
-    session.elapsed += now - started
-    save(session)
-    return now
+    def train_step(self) -> Step:
+        local_sum, grad_norm = train_step(self.session)
+        chains = self.session.config.per_rank_batch * self.session.ctx.world_size
+        return Step(local_sum, grad_norm, lambda sums: float(sums[0]) / chains)
 
+    def validate(self) -> None:
+        validate(self.session)
 
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or inf; ``denoise.py`` reports it in one line (exit status 1)."""
+    def record_line(self, mean: float, lr: float) -> None:
+        return None  # the progress bar shows the loss
 
 
 def fit(session: Session, stop: StopRequest) -> str:
-    """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted.
-
-    A stop request (Ctrl-C, SIGTERM) ends the run after the current step with a checkpoint,
-    skipping that step's validation (it runs first thing on ``--resume``), except when the
-    step was the last of ``--steps``: then the run is trained and finishes normally, with its
-    final validation and exit status 0.
-    """
-    from tqdm import tqdm
-
-    config, ctx = session.config, session.ctx
-    end = min(config.steps, config.stop_at_step) if config.stop_at_step else config.steps
-    if session.validation_due:  # skipped when the run was interrupted at this step
-        validate(session)
-        save(session)  # no longer due: a kill before the next checkpoint must not redo it
-    bar = tqdm(total=config.steps, initial=session.step, unit="step", dynamic_ncols=True,
-               disable=not (ctx.is_main and config.progress), desc="denoise")
-    started = time.perf_counter()
-    status = "finished" if end == config.steps else "stopped"
-    try:
-        while session.step < end:
-            lr = session.optimizer.param_groups[0]["lr"]
-            step_start = time.perf_counter()
-            local_sum, grad_norm = train_step(session)
-            session.step += 1
-            # one collective per step: the global loss, and whether any rank was signalled
-            shared = torch.stack([local_sum, local_sum.new_tensor(float(stop.requested))])
-            loss_sum, signalled = all_reduce_sum(shared, ctx).tolist()
-            loss = loss_sum / (config.per_rank_batch * ctx.world_size)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"training loss is {loss} at step {session.step}: lower --lr (or --noise), or "
-                    "check the data; this step was not saved"
-                )
-            session.window.add(loss, time.perf_counter() - step_start)  # no validation time
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            last = session.step == config.steps
-            # every rank sees the same `signalled` and `last`, so all agree to carry on
-            interrupted = signalled > 0 and not last
-            if signalled > 0 and last:
-                session.say("all steps are trained: finishing the run (final validation) "
-                            "before exiting")
-            full_record = session.step % config.log_every == 0 or last
-            if full_record or session.step == end or interrupted:
-                write_train_record(session, lr, float(grad_norm), started,
-                                   partial=not full_record)
-            session.validation_due = session.step % config.val_every == 0 or last
-            if session.validation_due and not interrupted:
-                if signalled > 0:  # a second Ctrl-C aborts the validation: keep this step first
-                    started = save_timed(session, started)
-                validate(session)
-            if interrupted or session.step == end or session.step % config.checkpoint_every == 0:
-                started = save_timed(session, started)
-            if interrupted:
-                status = "interrupted"
-                break
-    finally:
-        bar.close()
-    return status
+    """Train to ``--steps`` (or ``--stop-at-step``); returns finished, stopped or interrupted
+    (see ``equiformer.training.fit.fit``)."""
+    return fit_task(DenoiseTask(session), stop)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from .allocator import keep_freed_memory
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng, save_checkpoint
-from .config import ConfigError, SetupError, TrainConfig, parse_args, resolve, resolve_resume
+from .config import ConfigError, SetupError, TrainConfig, parse_args, resolve
 from .data import BatchOrder, fingerprint, load_backbones, make_batch, split
 from .distributed import (
     DistContext,
@@ -23,84 +24,34 @@ from .distributed import (
     barrier,
     context_from_env,
     gather_digests,
-    init_process_group,
-    shutdown,
     wrap_model,
 )
 from .files import atomic_path, remove_stale_temporaries
-from .interrupt import StopRequest
-from .loop import Session, TrainingDiverged, TrainWindow, fit
+from .fit import TrainWindow
+from .launch import EXIT_INTERRUPTED, exit_status, open_run, pick_device, run_session
+from .loop import Session, fit
 from .metrics import CURVES_NAME, MetricsLog
 from .objective import bf16_problem, build_model
 from .optim import build_optimizer, build_scheduler
 from .validation import EXAMPLE_NAME, build_validation_set
-
-EXIT_INTERRUPTED = 130
-"""128 + SIGINT, the shell's convention for a job ended by Ctrl-C (after saving, here)."""
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-"""The run itself failed (its loss diverged); the last checkpoint is kept."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and train; setting and data errors become one clear line."""
     explicit = parse_args(argv)
     keep_freed_memory()  # the script owns its process: faster CPU steps (see allocator)
-    try:
-        return train(explicit)
-    except (ConfigError, SetupError) as error:
-        print(f"denoise.py: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as error:
-        print(f"denoise.py: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    return exit_status("denoise.py", lambda: train(explicit))
 
 
 def train(explicit: dict[str, Any]) -> int:
     """Train with the given settings (``TrainConfig`` field names); returns the exit status."""
     ctx = context_from_env()
-    checkpoint = None
-    if explicit.get("resume"):
-        out = Path(explicit.get("out", TrainConfig.out))
-        checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
-        config = resolve_resume(checkpoint["config"], explicit, source=str(out / CHECKPOINT_NAME))
-    else:
-        config = resolve(explicit)
-        existing = Path(config.out) / CHECKPOINT_NAME
-        if existing.exists() and not config.overwrite:
-            raise SetupError(
-                f"{existing} exists: pass --resume to continue that run, --overwrite to start "
-                "again, or another --out"
-            )
-    check_out_folder(Path(config.out))
+    config, checkpoint = open_run(explicit, TrainConfig, load_checkpoint, resolve)
     device = pick_device(config.device, ctx)
     precision = pick_precision(config.precision, device)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    init_process_group(ctx, device)
-    try:
-        session = build_session(config, ctx, device, precision, checkpoint)
-        with StopRequest() as stop:
-            status = fit(session, stop)
-        return report(session, status)
-    finally:
-        shutdown(ctx)
-        torch.set_num_threads(threads)
-
-
-def pick_device(name: str, ctx: DistContext) -> torch.device:
-    """``auto``: CUDA if available. Under torchrun each process takes the GPU of its local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SetupError(f"--device {name}: CUDA is not available on this machine")
-        if ctx.enabled or name == "cuda":
-            return torch.device("cuda", ctx.local_rank)
-    return torch.device(name)
+    return run_session(config, ctx, device,
+                       lambda: build_session(config, ctx, device, precision, checkpoint),
+                       fit, report)
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
@@ -225,18 +176,6 @@ def prepare_out_folder(
         raise SetupError(f"--out {out}: cannot write the run's files there ({error})") from error
     if failed.item() > 0:
         raise SetupError(f"rank 0 could not set up --out {out}; its error says why")
-
-
-def check_out_folder(out: Path) -> None:
-    """Refuse an ``--out`` that cannot become a folder (a file, or under one), before the data
-    and model are built."""
-    if out.exists() and not out.is_dir():
-        raise SetupError(f"--out {out} is a file, not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise SetupError(f"--out {out} cannot be made: {parent} is a file, not a folder")
 
 
 def _replace_previous_run(session: Session, outputs: tuple[str, ...]) -> None:
