@@ -208,6 +208,10 @@ class MLPAttention(_GraphAttention):
             head_of = torch.tensor(head_of, device="cpu")  # (sum C,) head of every (degree, channel)
             self.register_buffer("scalar_head", head_of[: self.value_fiber[0]], persistent=False)  # (C_0,)
             self.register_buffer("gate_head", head_of[self.value_fiber[0] :], persistent=False)  # (G,)
+        # order-major values: the convolution's per-order products are gated and weighted one
+        # order at a time and concatenated once (no assembly of the convolution's output, no
+        # gather of the gate factors: within each order they are a suffix, broadcast over +-m)
+        self.by_order = self.fused_weighting and self.conv.block_widths is not None
 
     def _split(self, mid: Tensor, gate: Gate) -> tuple[Tensor, Tensor]:
         hidden, values = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
@@ -215,7 +219,12 @@ class MLPAttention(_GraphAttention):
 
     def edge_messages(self, nodes, geometry):
         # one convolution makes both the attention hidden units and the values
-        mid = self.conv(self.edge_input(nodes, geometry), geometry, self.radial(geometry.edge_attr))
+        x, scale = self.edge_input(nodes, geometry), self.radial(geometry.edge_attr)
+        if self.by_order:  # values as order blocks: [m = 0 | +-1 | +-2 ...]
+            first, *higher = self.conv.output_blocks(x, geometry, scale)
+            hidden, first = first.split([self.attn_hidden, first.shape[1] - self.attn_hidden], dim=1)
+            return self.to_logits(F.leaky_relu(hidden.contiguous(), self.leaky_slope)), [first, *higher]
+        mid = self.conv(x, geometry, scale)
         hidden, gated = mid.split([self.attn_hidden, mid.shape[1] - self.attn_hidden], dim=1)
         logits = self.to_logits(F.leaky_relu(hidden.contiguous(), self.leaky_slope))  # see Gate
         return logits, (gated if self.fused_weighting else self.edge_gate(gated))  # gated later if fused
@@ -226,12 +235,22 @@ class MLPAttention(_GraphAttention):
         (E, F) values (two fewer passes over them, forward and backward)."""
         if not self.fused_weighting:
             return super().weighted_values(values, alpha)
+        first, *higher = values if isinstance(values, list) else [values]
         c0, g = self.value_fiber[0], self.edge_gate.num_gates
-        scalars, gates, rest = values.split([c0, g, values.shape[1] - c0 - g], dim=1)
-        alpha = alpha.to(values.dtype)
+        scalars, gates, rest = first.split([c0, g, first.shape[1] - c0 - g], dim=1)
+        alpha = alpha.to(first.dtype)
         scalars = F.silu(scalars.contiguous()) * alpha.index_select(1, self.scalar_head)  # (E, C_0)
         factors = torch.sigmoid(gates.contiguous()) * alpha.index_select(1, self.gate_head)  # (E, G)
-        return torch.cat([scalars, rest * self.edge_gate.expand(factors)], dim=-1)  # (E, F_heads)
+        if not higher:  # the whole edge layout in one tensor
+            return torch.cat([scalars, rest * self.edge_gate.expand(factors)], dim=-1)  # (E, F_heads)
+        # order blocks: m = 0 holds every (l >= 1, channel) once, in the gates' order; order m
+        # holds degrees l >= m, the gates' suffix of width K_m, for +m and -m
+        edges = first.shape[0]
+        parts = [scalars, rest * factors]
+        for block in higher:
+            k = block.shape[1] // 2
+            parts.append((block.view(edges, 2, k) * factors[:, g - k :].unsqueeze(1)).view(edges, 2 * k))
+        return torch.cat(parts, dim=-1)  # (E, F_heads), order-major
 
     def node_linears(self) -> list[EquivariantLinear]:
         return super().node_linears() + ([self.self_in] if self.attend_self else [])

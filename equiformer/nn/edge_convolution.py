@@ -30,6 +30,16 @@ class EdgeConvolution(nn.Module):
         else:
             self.inner = CGConvolution(fiber_in, fiber_out, reflection=edge_layout.reflection)
 
+    @property
+    def block_widths(self) -> list[int] | None:
+        """The output's order blocks (SO(2) path, order-major output; see
+        ``SO2Convolution.block_widths``), else None."""
+        return self.inner.block_widths if self.in_edge_frames else None
+
+    def output_blocks(self, x: Tensor, geometry: EdgeGeometry, scale: Tensor | None = None) -> list[Tensor]:
+        """``forward``'s output split into its order blocks (needs ``block_widths``)."""
+        return self.inner.output_blocks(x, scale, geometry.zero_length)
+
     def forward(self, x: Tensor, geometry: EdgeGeometry, scale: Tensor | None = None) -> Tensor:
         if self.in_edge_frames:
             return self.inner(x, scale, geometry.zero_length)

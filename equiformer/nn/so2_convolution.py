@@ -182,6 +182,21 @@ class SO2Convolution(nn.Module):
             return h @ self.dense_weight()  # (E, F_out)
         return self.assemble([block @ w for block, w in zip(h, self.order_weights())])  # one GEMM per order
 
+    @property
+    def block_widths(self) -> list[int] | None:
+        """Widths of the output's order blocks ``[x_0 | x_+1 x_-1 | ...]`` when the output is
+        order-major and made of exactly those blocks (``output_blocks`` applies), else None."""
+        widths = [self.out_sizes[0]] + [2 * k for k in self.out_sizes[1:]]
+        return widths if self.out_order_major and sum(widths) == self.width_out else None
+
+    def output_blocks(self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None) -> list[Tensor]:
+        """``forward``'s output as its order blocks (see ``block_widths``), without concatenating
+        the per-order products: layers that act on each order apart (gates, per-head weights
+        broadcast over ``+-m``) then concatenate once, at the end."""
+        if self.dense or (zero_length is not None and zero_length.numel()):
+            return list(self(x, scale, zero_length).split(self.block_widths, dim=1))
+        return [block @ w for block, w in zip(self.prepare(x, scale), self.order_weights())]  # one GEMM per order
+
     def forward(
         self, x: Tensor, scale: Tensor | None = None, zero_length: Tensor | None = None, prepared: Tensor | list[Tensor] | None = None
     ) -> Tensor:
