@@ -123,6 +123,9 @@ class PotentialTrainConfig(Settings):
     dim_head: tuple[int, ...] = field(default=(8,), metadata=_per_degree(
         "channels per attention head, one value or one per degree"))
     depth: int = field(default=2, metadata=setting("attention blocks", group="model"))
+    mmax: int = field(default=-1, metadata=setting(
+        "keep orders |m| <= N in the edge frames (eSCN / EquiformerV2 m-truncation: faster at "
+        "high --num-degrees, exactly equivariant; -1: every order)", group="model"))
     attention: str = field(default="mlp", metadata=setting(
         "attention kind: 'mlp' (Equiformer paper) or 'l2' (distance of queries and keys)",
         group="model", choices=ATTENTION))
@@ -197,7 +200,8 @@ class PotentialTrainConfig(Settings):
 
         return {"dim": per_degree(self.dim), "num_degrees": self.num_degrees,
                 "heads": per_degree(self.heads), "dim_head": per_degree(self.dim_head),
-                "depth": self.depth, "l2_dist_attention": self.attention == "l2"}
+                "depth": self.depth, "l2_dist_attention": self.attention == "l2",
+                "mmax": None if self.mmax < 0 else self.mmax}
 
 
 def _validate(config: PotentialTrainConfig) -> None:
@@ -213,6 +217,7 @@ def _validate(config: PotentialTrainConfig) -> None:
     for name in ("split_seed", "seed", "warmup_steps", "threads"):
         need(getattr(config, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
     need(config.threads <= MAX_THREADS, f"--threads must be in 0..{MAX_THREADS}")
+    need(config.mmax >= -1, f"--mmax must be >= 0, or -1 for every order, got {config.mmax}")
     need(config.seed < 2**64 and config.split_seed < 2**64, "seeds must be < 2**64")
     for name in ("dim", "heads", "dim_head"):
         value = getattr(config, name)

@@ -276,3 +276,13 @@ def test_bad_data_in_a_subprocess_exits_without_a_traceback(data, tmp_path):
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 2
     assert "Traceback" not in stderr and f"{bad}: frame 0: no energy label" in stderr
+
+
+def test_mmax_flag_reaches_the_model():
+    from equiformer.atomistic.train import PotentialTrainConfig
+    from equiformer.training.config import ConfigError
+
+    assert PotentialTrainConfig().model_keywords()["mmax"] is None  # every order by default
+    assert PotentialTrainConfig(num_degrees=4, dim=(16,), mmax=1).model_keywords()["mmax"] == 1
+    with pytest.raises(ConfigError, match=r"--mmax must be >= 0, or -1 for every order, got -2"):
+        PotentialTrainConfig(mmax=-2)
