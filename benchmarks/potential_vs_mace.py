@@ -1,4 +1,4 @@
-"""Our potential against MACE: the same EMT data, the same wall-clock training budget.
+"""Our potential against MACE: the same data (EMT crystals or xTB molecules), the same wall-clock budget.
 
 MACE pins e3nn 0.4.4, which conflicts with our test extra's e3nn 0.6, so it lives in its own
 virtual environment, made once from the repository root (``/.venv-mace/`` is git-ignored; pip takes
@@ -9,15 +9,19 @@ the CPU torch wheel from this machine's disk)::
 Then, with our own environment's python (ase, vesin, matplotlib: ``pip install -e ".[atomistic]"
 matplotlib``)::
 
-    python benchmarks/potential_vs_mace.py [--minutes 10] [--threads 2] [--work-dir runs/potential_vs_mace]
-        [--train train.extxyz --valid valid.extxyz] [--mace-python .venv-mace/bin/python] [--quick]
+    python benchmarks/potential_vs_mace.py [--data emt|xtb] [--minutes 10] [--threads 2]
+        [--work-dir runs/potential_vs_mace] [--train train.extxyz --valid valid.extxyz]
+        [--mace-python .venv-mace/bin/python] [--quick]
 
 What it does, one step after the other (never two trainings at once: each gets ``--threads``):
 
-1. Data: unless ``--train/--valid`` are given, ``python -m equiformer.atomistic.datasets emt``
-   writes ``--frames`` training and ``--valid-frames`` validation frames (ASE EMT: fcc Cu,
-   Cu-Au alloy, vacancies, a Cu(111) slab) into the work folder; an existing pair made with the
-   same settings is reused.
+1. Data: unless ``--train/--valid`` are given, ``python -m equiformer.atomistic.datasets
+   emt|xtb`` (``--data``) writes ``--frames`` training and ``--valid-frames`` validation frames
+   into the work folder; an existing pair made with the same settings is reused.  ``emt``
+   (default): ASE EMT on fcc Cu, Cu-Au alloy, vacancies and a Cu(111) slab, with stresses of the
+   periodic frames.  ``xtb``: GFN2-xTB (tblite, in our venv) on H2O, CH4, C2H6, CH3OH and C6H6
+   from short MD, non-periodic, energies and forces only (1,000 frames take about 20 s).  With
+   ``--train/--valid``, ``--data`` only picks the MD system of step 4.
 2. Ours: ``python -m equiformer.atomistic.train --max-time T`` (T = ``--minutes``; the clock
    starts at its first step), same cutoff and batch size as MACE, everything else the trainer's
    defaults (``--ours-args`` adds flags).  It exports the EMA weights it validated last to
@@ -35,20 +39,29 @@ What it does, one step after the other (never two trainings at once: each gets `
    file, from which MACE recomputes the average neighbour count, which is no weight).
 4. Both models are evaluated by the same code (``--worker evaluate``, run by each venv's
    python): an ASE loop over the validation frames in float64 giving energy MAE/RMSE per atom,
-   force-component MAE/RMSE and the labels' force RMS; then MD speed, ASE velocity Verlet at
-   1 fs on a 108-atom fcc Cu cell in float32, ``--md-steps`` timed steps after 2 warm-up steps.
+   force-component MAE/RMSE and the labels' force RMS; then MD speed, ASE velocity Verlet from
+   300 K in float32, ``--md-steps`` timed steps after 2 warm-up steps, on a system of the data's
+   kind: for ``emt`` a rattled periodic 108-atom fcc Cu cell at 1 fs; for ``xtb`` a non-periodic
+   cluster of the validation set's molecules (the first frame of each molecule kind, cycled: 15
+   molecules, 102 atoms for the default set) on a cubic grid whose spacing keeps any two
+   molecules more than the cutoff + 1 Å apart, so each sees only itself as in training, at 0.5
+   fs.  The table's header names the system.
 5. One table, with the ratios ours/MACE, and ``results.json`` in the work folder.
 
-Not the same between the two, on purpose or by nature: ours also fits the stresses of the fully
-periodic frames (weight 1, MACE's default; MACE here trains on energy and forces, since the
-slab frames' stress labels mean nothing); ours decays its learning rate on a cosine over
+Not the same between the two, on purpose or by nature: on EMT data ours also fits the stresses
+of the fully periodic frames (weight 1, MACE's default; MACE here trains on energy and forces,
+since the slab frames' stress labels mean nothing); the xTB molecules have no cell and no stress
+labels, so there neither side has a stress term (our trainer uses a stress label only on a
+labelled, fully periodic frame).  Ours decays its learning rate on a cosine over
 ``--steps`` (the trainer's default 2000: pass ``--ours-args "--steps N"`` to end the decay
 within the budget), MACE on a plateau of the validation loss once per epoch.  With 1,000
 frames an epoch of MACE is 200 steps, so it validates rarely.
 
 The whole run takes about 2 T plus 10 minutes (data 2 min, set-ups, MACE's restore, two
 evaluations); ``--only ours|mace`` runs one side.  ``--quick`` is a smoke run: 20 training and
-8 validation frames, 1 minute each, 5 MD steps (about 4 minutes in all).
+8 validation frames, 1 minute each, 5 MD steps (about 4 minutes in all).  The work folder
+defaults to ``runs/potential_vs_mace``, with ``_quick`` after ``--quick`` and ``_xtb`` after
+``--data xtb``.
 """
 from __future__ import annotations
 
@@ -70,19 +83,64 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MACE_PYTHON = REPO / ".venv-mace" / "bin" / "python"
 RESULT_TAG = "@@RESULT "  # a worker's last line: this tag, then its JSON
 MD_ATOMS_REPEAT = 3  # 3^3 conventional fcc cells: 108 atoms
+MD_CLUSTER_ATOMS = 100  # molecules are added to the xTB MD system until it has at least this many atoms
 MD_WARMUP = 2
+DATA_KINDS = ("emt", "xtb")  # the generators of equiformer.atomistic.datasets that --data picks
+
+
+def _md_system(data: str, valid: str, cutoff: float):
+    """The MD-speed system for ``data``: (atoms, description, time step in fs).
+
+    emt: a rattled periodic 108-atom fcc Cu cell, 1 fs.  xtb: a non-periodic cluster of the
+    validation set's molecules (the first frame of each ``config_type``, cycled until there are
+    ``MD_CLUSTER_ATOMS`` atoms) on a cubic grid whose spacing keeps every two molecules more than
+    ``cutoff`` + 1 Å apart, so each molecule sees only itself, as in training; 0.5 fs, as the
+    data's MD (hydrogen).
+    """
+    import ase.io
+    import numpy as np
+    from ase import Atoms
+    from ase.build import bulk
+
+    if data == "emt":
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(MD_ATOMS_REPEAT)
+        atoms.rattle(0.02, seed=0)
+        return atoms, f"{len(atoms)}-atom fcc Cu cell, periodic, 1 fs", 1.0
+    if data != "xtb":
+        raise ValueError(f"unknown data kind {data!r}")
+    kinds: dict = {}  # name: first frame
+    for frame in ase.io.read(valid, ":"):
+        kinds.setdefault(str(frame.info.get("config_type", frame.get_chemical_formula())), frame)
+    names = list(kinds)
+    molecules, count = [], 0
+    while count < MD_CLUSTER_ATOMS:
+        molecule = kinds[names[len(molecules) % len(names)]]
+        molecules.append(molecule)
+        count += len(molecule)
+    centred = [m.positions - m.positions.mean(0) for m in molecules]
+    radius = max(float(np.linalg.norm(c, axis=1).max()) for c in centred)
+    spacing = 2 * radius + cutoff + 1.0  # any two atoms of two molecules: > cutoff + 1 Å apart
+    side = math.ceil(len(molecules) ** (1 / 3) - 1e-9)
+    atoms = Atoms(pbc=False)
+    for i, (molecule, positions) in enumerate(zip(molecules, centred)):
+        site = spacing * np.array(np.unravel_index(i, (side,) * 3), dtype=float)
+        atoms += Atoms(molecule.numbers, positions=positions + site)
+    text = (f"{len(atoms)}-atom cluster of {len(molecules)} validation molecules ({', '.join(names)}), "
+            f"{spacing:.1f} Å apart, non-periodic, 0.5 fs")
+    return atoms, text, 0.5
 
 
 # ------------------------------------------------------------------------------------ workers
 
 
-def _worker_evaluate(kind: str, model_path: str, valid: str, threads: int, md_steps: int) -> dict:
-    """Errors of one model on the validation frames (float64), its size, and its MD speed (float32)."""
+def _worker_evaluate(kind: str, model_path: str, valid: str, threads: int, md_steps: int, data: str,
+                     cutoff: float) -> dict:
+    """Errors of one model on the validation frames (float64), its size, and its MD speed (float32)
+    on ``_md_system(data, valid, cutoff)``."""
     import ase.io
     import numpy as np
     import torch
     from ase import units
-    from ase.build import bulk
     from ase.md.verlet import VelocityVerlet
 
     try:
@@ -119,11 +177,10 @@ def _worker_evaluate(kind: str, model_path: str, valid: str, threads: int, md_st
     e_err, f_err, f_ref = np.array(e_err), np.concatenate(f_err), np.concatenate(f_ref)
 
     md_calc, _ = calculator("float32")
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(MD_ATOMS_REPEAT)
-    atoms.rattle(0.02, seed=0)
+    atoms, md_system, timestep_fs = _md_system(data, valid, cutoff)
     atoms.calc = md_calc
     thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    dynamics = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     dynamics.run(MD_WARMUP)
     start = time.perf_counter()
     dynamics.run(md_steps)
@@ -140,6 +197,7 @@ def _worker_evaluate(kind: str, model_path: str, valid: str, threads: int, md_st
         "forces_rms": milli * float(np.sqrt((f_ref ** 2).mean())),  # the labels': predicting zero
         "eval_s": eval_s,
         "md_atoms": len(atoms),
+        "md_system": md_system,
         "md_steps_per_s": md_steps / md_s,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -304,12 +362,13 @@ def make_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
             raise SystemExit("give both --train and --valid, or neither")
         return Path(args.train).resolve(), Path(args.valid).resolve()
     train, valid, stamp = work / "train.extxyz", work / "valid.extxyz", work / "data.json"
-    settings = {"frames": args.frames, "valid_frames": args.valid_frames, "seed": args.seed,
+    settings = {"data": args.data, "frames": args.frames, "valid_frames": args.valid_frames, "seed": args.seed,
                 "frames_per_trajectory": args.frames_per_trajectory}
-    if train.exists() and valid.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings:
+    # a stamp without "data" predates --data and was made by the EMT generator
+    if train.exists() and valid.exists() and stamp.exists() and {"data": "emt", **json.loads(stamp.read_text())} == settings:
         _say(f"reusing {train} and {valid}")
         return train, valid
-    cmd = [sys.executable, "-m", "equiformer.atomistic.datasets", "emt", "--frames", str(args.frames),
+    cmd = [sys.executable, "-m", "equiformer.atomistic.datasets", args.data, "--frames", str(args.frames),
            "--seed", str(args.seed), "--out", str(train), "--valid-frames", str(args.valid_frames),
            "--valid-out", str(valid), "--frames-per-trajectory", str(args.frames_per_trajectory)]
     if _run(cmd, work / "data.log", 1, 3600) != 0:
@@ -443,7 +502,7 @@ _NO_RATIO = ("epochs", "trained s")  # epochs: the same ratio as steps; time: th
 def report(rows: dict[str, dict], n_train: int, batch_size: int) -> None:
     first = next(iter(rows.values()))["eval"]
     print(f"\nvalidation ({first['frames']} frames): E per atom in meV/atom, F components in meV/Å, the "
-          f"same ASE evaluation for both (float64); MD: {first['md_atoms']} Cu atoms, float32")
+          f"same ASE evaluation for both (float64); MD: {first['md_system']}, float32")
     print(f"{'model':<9} " + " ".join(f"{title:>{width}}" for title, width, _, _ in _COLUMNS))
     values = {name: [get(row, n_train, batch_size) for _, _, get, _ in _COLUMNS] for name, row in rows.items()}
     for name, row in values.items():
@@ -467,11 +526,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget of each model (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both, in training, evaluation and MD (default 2)")
-    parser.add_argument("--work-dir", default=str(REPO / "runs" / "potential_vs_mace"), help="output folder")
-    parser.add_argument("--train", help="training extxyz (default: generated EMT data)")
+    parser.add_argument("--data", choices=DATA_KINDS, default="emt",
+                        help="emt: ASE EMT Cu/Au crystals and slab, MD on 108 Cu atoms; xtb: GFN2-xTB molecules "
+                             "(needs tblite), MD on a cluster of them (default emt)")
+    parser.add_argument("--work-dir", help="output folder (default runs/potential_vs_mace, with _quick after "
+                                           "--quick and _xtb after --data xtb)")
+    parser.add_argument("--train", help="training extxyz (default: generated --data data)")
     parser.add_argument("--valid", help="validation extxyz (with --train)")
-    parser.add_argument("--frames", type=int, default=1000, help="EMT training frames to generate (default 1000)")
-    parser.add_argument("--valid-frames", type=int, default=200, help="EMT validation frames to generate (default 200)")
+    parser.add_argument("--frames", type=int, default=1000, help="training frames to generate (default 1000)")
+    parser.add_argument("--valid-frames", type=int, default=200, help="validation frames to generate (default 200)")
     parser.add_argument("--frames-per-trajectory", type=int, default=10, help="of the generated data (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="data, initial weights and data order (default 0)")
     parser.add_argument("--cutoff", type=float, default=5.0, help="ours' cutoff and MACE's r_max, Å (default 5)")
@@ -493,7 +556,8 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.worker == "evaluate":
-        result = _worker_evaluate(args.kind, args.model, args.valid, args.threads, args.md_steps)
+        result = _worker_evaluate(args.kind, args.model, args.valid, args.threads, args.md_steps, args.data,
+                                  args.cutoff)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
     if args.worker == "mace-train":
@@ -505,8 +569,9 @@ def main() -> int:
     if args.quick:
         args.minutes, args.frames, args.valid_frames, args.frames_per_trajectory = 1.0, 20, 8, 2
         args.md_steps = 5
-        if args.work_dir == parser.get_default("work_dir"):
-            args.work_dir = str(REPO / "runs" / "potential_vs_mace_quick")
+    if args.work_dir is None:
+        name = "potential_vs_mace" + ("_quick" if args.quick else "") + ("" if args.data == "emt" else f"_{args.data}")
+        args.work_dir = str(REPO / "runs" / name)
     models = [args.only] if args.only else ["ours", "mace"]
     if "mace" in models and not Path(args.mace_python).exists():
         raise SystemExit(f"{args.mace_python} not found: make the MACE venv first (see this script's docstring)")
@@ -520,7 +585,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     print(machine_line(torch.device("cpu")))
-    _say(f"budget {args.minutes:g} min of training each, {args.threads} threads, work folder {work}")
+    _say(f"{args.data} data, budget {args.minutes:g} min of training each, {args.threads} threads, work folder {work}")
     train, valid = make_data(args, work)
     n_train = _count_frames(train)
     _say(f"data: {n_train} training frames ({train}), {_count_frames(valid)} validation frames ({valid})")
@@ -536,11 +601,13 @@ def main() -> int:
         _say(f"evaluating {name}")
         rows[name]["eval"] = _worker_result(
             pythons[name], ["--worker", "evaluate", "--kind", name, "--model", rows[name]["model"], "--valid",
-                            str(valid), "--threads", str(args.threads), "--md-steps", str(args.md_steps)],
+                            str(valid), "--threads", str(args.threads), "--md-steps", str(args.md_steps),
+                            "--data", args.data, "--cutoff", str(args.cutoff)],
             work / f"{name}_eval.log", args.threads, 3600)
 
     (work / "results.json").write_text(json.dumps(
-        {"minutes": args.minutes, "threads": args.threads, "batch_size": args.batch_size, "cutoff": args.cutoff,
+        {"data": args.data, "minutes": args.minutes, "threads": args.threads, "batch_size": args.batch_size,
+         "cutoff": args.cutoff,
          "train": str(train), "valid": str(valid), "train_frames": n_train, "models": rows}, indent=2))
     report(rows, n_train, args.batch_size)
     if "ours" in rows and rows["ours"].get("scheduled_steps") and rows["ours"]["status"] == "stopped":
